@@ -1,0 +1,36 @@
+"""BLIP-2 visual question answering and captioning on Ray Serve.
+
+The public names are importable from here without loading Ray, torch or transformers;
+the application builder lives in ``serve_app.app:build_app``.
+"""
+
+from serve_app.config import AppConfig, BatchingConfig, LimitsConfig, ModelConfig
+from serve_app.errors import ServeAppError
+from serve_app.schemas import (
+    CaptionRequest,
+    CaptionResponse,
+    GenerateRequest,
+    GenerateResponse,
+    GenerationParams,
+    ImageSource,
+    ModelList,
+    VQARequest,
+    VQAResponse,
+)
+
+__all__ = [
+    "AppConfig",
+    "BatchingConfig",
+    "CaptionRequest",
+    "CaptionResponse",
+    "GenerateRequest",
+    "GenerateResponse",
+    "GenerationParams",
+    "ImageSource",
+    "LimitsConfig",
+    "ModelConfig",
+    "ModelList",
+    "ServeAppError",
+    "VQARequest",
+    "VQAResponse",
+]

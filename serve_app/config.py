@@ -1,0 +1,152 @@
+"""Typed configuration: the ``args`` of ``serve_config.yaml`` are validated into ``AppConfig``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TINY_RANDOM_OPT = "builtin:tiny-random-blip2-opt"
+"""An untrained, few-hundred-kilobyte BLIP-2 (OPT family) built from a small config."""
+
+TINY_RANDOM_T5 = "builtin:tiny-random-blip2-t5"
+"""An untrained, few-hundred-kilobyte BLIP-2 (Flan-T5 family) built from a small config."""
+
+DEFAULT_VQA_TEMPLATE = "Question: {question} Answer:"
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float16", "bfloat16", "float32"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(_Strict):
+    """Which BLIP-2 to load, where, and the generation limits callers must stay within."""
+
+    model_id: str = Field(
+        TINY_RANDOM_OPT,
+        description="Hugging Face model id, local directory, or a 'builtin:' name.",
+        min_length=1,
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    served_name: str | None = Field(
+        None, description="Name reported to clients; model_id if unset."
+    )
+    device: Device = "auto"
+    dtype: DType = Field("auto", description="auto = float16 on CUDA, float32 on CPU.")
+    vqa_prompt_template: str = Field(
+        DEFAULT_VQA_TEMPLATE, description="Prompt for VQA; must contain '{question}'."
+    )
+    default_max_new_tokens: int = Field(30, ge=1)
+    max_new_tokens_limit: int = Field(128, ge=1)
+    max_num_beams: int = Field(4, ge=1)
+
+    @field_validator("vqa_prompt_template")
+    @classmethod
+    def _template_has_question(cls, value: str) -> str:
+        if "{question}" not in value:
+            raise ValueError("vqa_prompt_template must contain '{question}'")
+        try:
+            value.format(question="q")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"vqa_prompt_template is not a valid format string: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> ModelConfig:
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The model name clients see."""
+        return self.served_name or self.model_id
+
+
+class BatchingConfig(_Strict):
+    """``@serve.batch`` settings; the model deployment's ``user_config``, changeable live."""
+
+    max_batch_size: int = Field(8, ge=1, le=512)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+
+
+def _validate_autoscaling(value: dict[str, Any]) -> dict[str, Any]:
+    from ray.serve.config import AutoscalingConfig
+
+    AutoscalingConfig(**value)
+    return value
+
+
+class ModelDeploymentConfig(_Strict):
+    """Resources, queueing and autoscaling of the GPU-pinned ``Blip2Server`` deployment."""
+
+    num_gpus: float = Field(1.0, ge=0.0, description="GPUs per replica; fractions allowed.")
+    num_cpus: float = Field(1.0, ge=0.0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, description="Defaults to twice max_batch_size; never below max_batch_size."
+    )
+    max_queued_requests: int = Field(256, ge=-1, description="-1 means unbounded.")
+    autoscaling_config: dict[str, Any] = Field(
+        default_factory=lambda: {"min_replicas": 1, "max_replicas": 1}
+    )
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+
+    _check_autoscaling = field_validator("autoscaling_config")(_validate_autoscaling)
+
+    @model_validator(mode="after")
+    def _room_for_a_full_batch(self) -> ModelDeploymentConfig:
+        ongoing = self.max_ongoing_requests
+        if ongoing is not None and ongoing < self.batching.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({ongoing}) is below batching.max_batch_size "
+                f"({self.batching.max_batch_size}): full batches could never form"
+            )
+        return self
+
+    @property
+    def effective_max_ongoing_requests(self) -> int:
+        """Concurrency a replica accepts: room for a full batch plus the next one."""
+        return self.max_ongoing_requests or 2 * self.batching.max_batch_size
+
+
+class IngressDeploymentConfig(_Strict):
+    """Resources, queueing and autoscaling of the CPU ingress deployment."""
+
+    num_cpus: float = Field(1.0, ge=0.0)
+    max_ongoing_requests: int = Field(256, ge=1)
+    max_queued_requests: int = Field(-1, ge=-1, description="-1 means unbounded.")
+    autoscaling_config: dict[str, Any] = Field(
+        default_factory=lambda: {"min_replicas": 1, "max_replicas": 1}
+    )
+
+    _check_autoscaling = field_validator("autoscaling_config")(_validate_autoscaling)
+
+
+class LimitsConfig(_Strict):
+    """Caps on what a caller controls, enforced in the ingress."""
+
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_prompt_chars: int = Field(2000, ge=1)
+    url_fetch_timeout_s: float = Field(10.0, gt=0)
+    max_redirects: int = Field(3, ge=0)
+    allow_private_urls: bool = Field(
+        False, description="Allow image URLs that resolve to private or loopback addresses."
+    )
+    request_timeout_s: float = Field(120.0, gt=0)
+
+
+class AppConfig(_Strict):
+    """Everything ``build_app`` needs; the ``args`` of the application in ``serve_config.yaml``."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    model_deployment: ModelDeploymentConfig = Field(default_factory=ModelDeploymentConfig)
+    ingress_deployment: IngressDeploymentConfig = Field(default_factory=IngressDeploymentConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)

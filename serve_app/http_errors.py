@@ -1,0 +1,73 @@
+"""JSON error bodies for every failure the HTTP API can report."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from serve_app.errors import ServeAppError
+from serve_app.schemas import ErrorDetail, ErrorResponse
+
+logger = logging.getLogger("ray.serve")
+
+RETRY_AFTER_S = 1
+"""Seconds a client is asked to wait after a 503."""
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Malformed body, bad image or refused image URL",
+        413: "Body, image bytes or image pixels over the limits",
+        415: "Unsupported content type",
+        422: "A field is missing, unknown or out of range",
+        503: "Model overloaded or unavailable (see Retry-After)",
+        504: "The request did not finish in time",
+    }.items()
+}
+"""The error responses listed on every inference route of the OpenAPI document."""
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def error_response(
+    status_code: int, code: str, message: str, param: str | None = None
+) -> JSONResponse:
+    """An error in the service's JSON shape; 503s carry ``Retry-After``."""
+    body = ErrorResponse(error=ErrorDetail(code=code, message=message, param=param))
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status_code == 503 else None
+    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception a route can raise to the JSON error shape."""
+
+    async def on_app_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServeAppError)
+        if exc.status_code >= 500:
+            logger.warning("Request failed: %s (%s)", exc.code, exc.message)
+        return error_response(exc.status_code, exc.code, exc.message, exc.param)
+
+    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        param = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
+        return error_response(422, "invalid_request", "invalid request", param)
+
+    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("Unexpected error", exc_info=exc)
+        return error_response(500, "internal_error", "internal server error")
+
+    app.add_exception_handler(ServeAppError, on_app_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

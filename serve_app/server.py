@@ -1,0 +1,137 @@
+"""``Blip2Server``: the GPU-pinned model deployment that batches requests with ``@serve.batch``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from ray import serve
+from ray.serve.metrics import Histogram
+
+from serve_app.config import BatchingConfig, ModelConfig
+from serve_app.errors import GenerationFailedError, ServeAppError
+from serve_app.schemas import GenerationRequest, GenerationResult
+
+logger = logging.getLogger("ray.serve")
+
+
+class GenerationModel(Protocol):
+    """What ``Blip2Server`` needs from a model: ``Blip2Model`` or a test fake."""
+
+    def generate(
+        self, requests: Sequence[GenerationRequest]
+    ) -> list[GenerationResult | Exception]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+UNHEALTHY_AFTER_FAILED_BATCHES = 3
+"""Whole-batch failures in a row after which the replica reports itself unhealthy."""
+
+ModelFactory = Callable[[ModelConfig], GenerationModel]
+
+
+def load_blip2(config: ModelConfig) -> GenerationModel:
+    """The default model factory: load BLIP-2 as configured."""
+    from serve_app.model import Blip2Model
+
+    return Blip2Model.load(config)
+
+
+class Blip2Server:
+    """Holds one model and feeds it batches of concurrent requests.
+
+    ``user_config`` (a ``BatchingConfig``) sets ``max_batch_size`` and ``batch_wait_timeout_s``;
+    a ``serve deploy`` that changes only it reconfigures running replicas without a restart.
+    Generation runs in a worker thread so the replica's event loop keeps accepting requests.
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        max_ongoing_requests: int,
+        model_factory: ModelFactory | None = None,
+    ) -> None:
+        self._model_config = model_config
+        self._max_ongoing_requests = max_ongoing_requests
+        self._model = (model_factory or load_blip2)(model_config)
+        self._batching = BatchingConfig()
+        self._batch_sizes: Counter[int] = Counter()
+        self._failed_batches_in_a_row = 0
+        self._batch_size_metric = Histogram(
+            "blip2_batch_size",
+            description="Requests per model batch.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
+        )
+        self._generate_time_metric = Histogram(
+            "blip2_generate_seconds",
+            description="Wall time of one batched generate call.",
+            boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
+        )
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply new batching settings live (Serve calls this on start and on each update)."""
+        batching = BatchingConfig.model_validate(user_config)
+        if batching.max_batch_size > self._max_ongoing_requests:
+            raise ValueError(
+                f"max_batch_size {batching.max_batch_size} exceeds this deployment's "
+                f"max_ongoing_requests {self._max_ongoing_requests}: full batches could never "
+                "form. Raise model_deployment.max_ongoing_requests in the app args."
+            )
+        # The setters are Serve's documented API on @serve.batch methods, absent from its typing.
+        self._generate_batch.set_max_batch_size(batching.max_batch_size)  # type: ignore[attr-defined]
+        self._generate_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._batching = batching
+        logger.info("Batching set to %s", batching.model_dump())
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Generate for one request; it is batched with the other requests in flight."""
+        result = await self._generate_batch(request)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _generate_batch(
+        self, requests: list[GenerationRequest]
+    ) -> list[GenerationResult | Exception]:
+        self._batch_sizes[len(requests)] += 1
+        self._batch_size_metric.observe(len(requests))
+        started = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(self._model.generate, requests)
+        except Exception:
+            logger.exception("Batch of %d failed as a whole", len(requests))
+            self._failed_batches_in_a_row += 1
+            failure = GenerationFailedError("the model failed to generate for this request")
+            return [failure] * len(requests)
+        finally:
+            self._generate_time_metric.observe(time.perf_counter() - started)
+        self._failed_batches_in_a_row = 0
+        return [self._public(result) for result in results]
+
+    @staticmethod
+    def _public(result: GenerationResult | Exception) -> GenerationResult | Exception:
+        if isinstance(result, GenerationResult | ServeAppError):
+            return result
+        logger.error("Request failed inside its batch: %r", result)
+        return GenerationFailedError("the model failed to generate for this request")
+
+    def describe(self) -> dict[str, Any]:
+        """What this replica serves: the model's description plus the live batching settings."""
+        return {**self._model.describe(), **self._batching.model_dump()}
+
+    def batch_size_counts(self) -> dict[int, int]:
+        """How many batches of each size this replica has run (for tests and diagnostics)."""
+        return dict(self._batch_sizes)
+
+    def check_health(self) -> None:
+        """Serve's health probe: a replica whose whole batches keep failing is replaced."""
+        if self._failed_batches_in_a_row >= UNHEALTHY_AFTER_FAILED_BATCHES:
+            raise RuntimeError(
+                f"{self._failed_batches_in_a_row} batches in a row failed as a whole"
+            )

@@ -1,0 +1,52 @@
+"""A loopback HTTP server that serves fixed bodies and counts hits."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class StaticServer:
+    """Serves ``routes[path] = (content_type, body)``; ``hits`` counts requests per path."""
+
+    routes: dict[str, tuple[str, bytes]]
+    base_url: str = ""
+    hits: Counter[str] = field(default_factory=Counter)
+
+
+@contextmanager
+def static_server(routes: dict[str, tuple[str, bytes]]) -> Iterator[StaticServer]:
+    """Run a ``StaticServer`` on 127.0.0.1 and a free port for the duration of the block."""
+    state = StaticServer(routes)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.hits[self.path] += 1
+            route = state.routes.get(self.path)
+            if route is None:
+                self.send_error(404)
+                return
+            content_type, body = route
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()

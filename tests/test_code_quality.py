@@ -1,0 +1,31 @@
+"""ruff (lint and format) and mypy over the project, as part of the test suite."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.serving import REPO_ROOT
+
+CHECKS = {
+    "ruff lint": [sys.executable, "-m", "ruff", "check", "serve_app", "tests", "examples"],
+    "ruff format": [
+        sys.executable,
+        "-m",
+        "ruff",
+        "format",
+        "--check",
+        "serve_app",
+        "tests",
+        "examples",
+    ],
+    "mypy": [sys.executable, "-m", "mypy"],
+}
+
+
+@pytest.mark.parametrize("command", CHECKS.values(), ids=CHECKS.keys())
+def test_code_quality(command: list[str]) -> None:
+    finished = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr

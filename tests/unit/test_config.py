@@ -1,0 +1,89 @@
+"""Typed app configuration: defaults, the shipped config files, and clear failures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+from serve_app.app import build_app
+from serve_app.config import AppConfig
+from tests.support.serving import load_config
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.cpu.yaml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    (app,) = load_config(name)["applications"]
+    assert app["import_path"] == "serve_app.app:build_app"
+    config = AppConfig.model_validate(app["args"])
+    (server,) = [d for d in app["deployments"] if d["name"] == "Blip2Server"]
+    max_batch_size = server["user_config"]["max_batch_size"]
+    assert config.model_deployment.effective_max_ongoing_requests >= max_batch_size
+
+
+def test_production_config_is_fp16_on_one_gpu_and_autoscaled() -> None:
+    args = AppConfig.model_validate(load_config("serve_config.yaml")["applications"][0]["args"])
+    assert (args.model.dtype, args.model.device, args.model_deployment.num_gpus) == (
+        "float16",
+        "cuda",
+        1,
+    )
+    assert args.model.model_id.startswith("Salesforce/blip2-")
+    for scaling in (
+        args.model_deployment.autoscaling_config,
+        args.ingress_deployment.autoscaling_config,
+    ):
+        assert scaling["max_replicas"] > scaling["min_replicas"]
+    ingress_room = args.ingress_deployment.max_ongoing_requests
+    assert ingress_room >= args.model_deployment.effective_max_ongoing_requests
+
+
+BAD_ARGS: list[tuple[dict[str, Any], str]] = [
+    ({"model": {"dtype": "float8"}}, "model.dtype"),
+    ({"model": {"device": "tpu"}}, "model.device"),
+    ({"model": {"vqa_prompt_template": "no placeholder"}}, "vqa_prompt_template"),
+    ({"model": {"default_max_new_tokens": 500}}, "default_max_new_tokens"),
+    ({"modle": {}}, "modle"),
+    (
+        {"model_deployment": {"batching": {"max_batch_size": 32}, "max_ongoing_requests": 8}},
+        "max_ongoing_requests",
+    ),
+    (
+        {"model_deployment": {"autoscaling_config": {"min_replicas": 3, "max_replicas": 1}}},
+        "replicas",
+    ),
+    ({"limits": {"max_image_bytes": -1}}, "limits.max_image_bytes"),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), BAD_ARGS)
+def test_bad_args_fail_the_build_with_a_message_naming_the_field(
+    args: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValidationError) as failure:
+        call_user_app_builder_with_args_if_necessary(build_app, args)
+    assert named in str(failure.value)
+
+
+def test_builder_builds_the_two_deployment_graph() -> None:
+    app = call_user_app_builder_with_args_if_necessary(build_app, {})
+    ingress = app._bound_deployment
+    assert ingress.name == "Blip2Ingress"
+    (server_app, _, _) = ingress.init_args
+    server = server_app._bound_deployment
+    assert server.name == "Blip2Server"
+    assert server.ray_actor_options["num_gpus"] == 1
+    assert server.user_config == {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+    assert server.max_ongoing_requests >= 8
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import serve_app, sys; print(sorted({'ray', 'torch', 'transformers'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
