@@ -1,7 +1,5 @@
 """``Blip2Ingress``: HTTP routes and the typed Python handle API in front of ``Blip2Server``."""
 
-from __future__ import annotations
-
 import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -114,7 +112,12 @@ class Blip2Ingress:
             max_body_bytes=self._limits.max_body_bytes,
         )
         card = ModelCard.model_validate(
-            {**described, "id": self._model_config.name, "limits": limits}
+            {
+                **described,
+                "id": self._model_config.name,
+                "vqa_prompt_template": self._model_config.vqa_prompt_template,
+                "limits": limits,
+            }
         )
         return ModelList(data=[card])
 

@@ -35,7 +35,6 @@ class SlowFakeModel:
             "dtype": "float32",
             "device": "cpu",
             "num_query_tokens": 0,
-            "vqa_prompt_template": self._config.vqa_prompt_template,
         }
 
 
