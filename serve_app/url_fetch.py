@@ -173,7 +173,7 @@ async def fetch_image_url(url: str, limits: LimitsConfig, param: str = "image.ur
     fetch = asyncio.to_thread(_fetch, url, limits, param)
     try:
         return await asyncio.wait_for(fetch, limits.url_fetch_timeout_s + _GRACE_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ImageFetchError("could not fetch the image: timed out", param) from None
 
 
