@@ -53,6 +53,8 @@ from serve_app.schemas import (
 
 FieldsT = TypeVar("FieldsT", bound=BaseModel)
 ResultT = TypeVar("ResultT")
+ImageInput = ImageSource | http_body.Upload
+"""An image as a caller gave it: a URL or base64 source, or an uploaded file."""
 
 BODY_MEDIA_TYPES = ("application/json", "multipart/form-data")
 
@@ -82,22 +84,15 @@ class Blip2Ingress:
 
     async def vqa(self, request: VQARequest) -> VQAResponse:
         """Answer a question about an image."""
-        result = await self._run(request.image, "vqa", request.question, request.params, "question")
-        return VQAResponse(answer=result.text, model=self._model_config.name, usage=result.usage())
+        return await self._vqa(request, request.image)
 
     async def caption(self, request: CaptionRequest) -> CaptionResponse:
         """Caption an image, optionally after a prefix."""
-        result = await self._run(request.image, "caption", request.prompt or "", request.params)
-        return CaptionResponse(
-            caption=result.text, model=self._model_config.name, usage=result.usage()
-        )
+        return await self._caption(request, request.image)
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         """Continue a raw prompt about an image."""
-        result = await self._run(request.image, "prompt", request.prompt, request.params)
-        return GenerateResponse(
-            text=result.text, model=self._model_config.name, usage=result.usage()
-        )
+        return await self._generate_text(request, request.image)
 
     async def models(self) -> ModelList:
         """Describe the served model, its limits and its live batching settings."""
@@ -129,11 +124,8 @@ class Blip2Ingress:
     )
     async def http_vqa(self, request: Request) -> VQAResponse:
         """Answer a question about an image (JSON body or multipart upload)."""
-        fields, image = await self._read(request, VQARequest, VQAFields)
-        result = await self._deadline(
-            self._generate(image, "vqa", fields.question, fields.params, "question")
-        )
-        return VQAResponse(answer=result.text, model=self._model_config.name, usage=result.usage())
+        fields, image = await self._parse(request, VQARequest, VQAFields)
+        return await self._vqa(fields, image)
 
     @app.post(
         "/v1/caption",
@@ -143,13 +135,8 @@ class Blip2Ingress:
     )
     async def http_caption(self, request: Request) -> CaptionResponse:
         """Caption an image (JSON body or multipart upload)."""
-        fields, image = await self._read(request, CaptionRequest, CaptionFields)
-        result = await self._deadline(
-            self._generate(image, "caption", fields.prompt or "", fields.params)
-        )
-        return CaptionResponse(
-            caption=result.text, model=self._model_config.name, usage=result.usage()
-        )
+        fields, image = await self._parse(request, CaptionRequest, CaptionFields)
+        return await self._caption(fields, image)
 
     @app.post(
         "/v1/generate",
@@ -159,11 +146,8 @@ class Blip2Ingress:
     )
     async def http_generate(self, request: Request) -> GenerateResponse:
         """Continue a raw prompt about an image (JSON body or multipart upload)."""
-        fields, image = await self._read(request, GenerateRequest, GenerateFields)
-        result = await self._deadline(self._generate(image, "prompt", fields.prompt, fields.params))
-        return GenerateResponse(
-            text=result.text, model=self._model_config.name, usage=result.usage()
-        )
+        fields, image = await self._parse(request, GenerateRequest, GenerateFields)
+        return await self._generate_text(fields, image)
 
     @app.get("/v1/models", response_model=ModelList, responses={503: ERROR_RESPONSES[503]})
     async def http_models(self) -> ModelList:
@@ -185,46 +169,58 @@ class Blip2Ingress:
             raise ModelUnavailableError("the model did not answer in time") from None
         return HealthResponse()
 
-    async def _read(
+    async def _vqa(self, fields: VQAFields, image: ImageInput) -> VQAResponse:
+        result = await self._run(image, "vqa", fields.question, fields.params, "question")
+        return VQAResponse(answer=result.text, model=self._model_config.name, usage=result.usage())
+
+    async def _caption(self, fields: CaptionFields, image: ImageInput) -> CaptionResponse:
+        result = await self._run(image, "caption", fields.prompt or "", fields.params)
+        return CaptionResponse(
+            caption=result.text, model=self._model_config.name, usage=result.usage()
+        )
+
+    async def _generate_text(self, fields: GenerateFields, image: ImageInput) -> GenerateResponse:
+        result = await self._run(image, "prompt", fields.prompt, fields.params)
+        return GenerateResponse(
+            text=result.text, model=self._model_config.name, usage=result.usage()
+        )
+
+    async def _parse(
         self, request: Request, json_model: type[FieldsT], fields_model: type[BaseModel]
-    ) -> tuple[Any, np.ndarray]:
+    ) -> tuple[Any, ImageInput]:
+        """The body's fields and its image (an ``ImageSource`` in JSON, or the uploaded file)."""
         kind = http_body.require_media_type(request, BODY_MEDIA_TYPES)
         body = await http_body.read_body(request, self._limits.max_body_bytes)
         if kind == "application/json":
             parsed: Any = http_body.parse_json(body, json_model)
-            return parsed, await load_image(parsed.image, self._limits)
-        fields, upload = await http_body.parse_multipart(request, body, fields_model)
-        image = await asyncio.to_thread(
-            decode_upload, upload.content, upload.content_type, self._limits
-        )
-        return fields, image
+            return parsed, parsed.image
+        return await http_body.parse_multipart(request, body, fields_model)
 
     async def _run(
         self,
-        source: ImageSource,
+        image: ImageInput,
         task: Task,
         text: str,
         params: GenerationParams,
         text_param: str = "prompt",
     ) -> GenerationResult:
+        """Check the caller's limits, then decode the image and generate within the deadline."""
+        self._check_limits(text, params, text_param)
+
         async def run() -> GenerationResult:
-            image = await load_image(source, self._limits)
-            return await self._generate(image, task, text, params, text_param)
+            pixels = await self._decode(image)
+            request = GenerationRequest(task=task, text=text, image=pixels, params=params)
+            result: GenerationResult = await self._call_model(self._model.generate.remote(request))
+            return result
 
         return await self._deadline(run())
 
-    async def _generate(
-        self,
-        image: np.ndarray,
-        task: Task,
-        text: str,
-        params: GenerationParams,
-        text_param: str = "prompt",
-    ) -> GenerationResult:
-        self._check_limits(text, params, text_param)
-        request = GenerationRequest(task=task, text=text, image=image, params=params)
-        result: GenerationResult = await self._call_model(self._model.generate.remote(request))
-        return result
+    async def _decode(self, image: ImageInput) -> np.ndarray:
+        if isinstance(image, ImageSource):
+            return await load_image(image, self._limits)
+        return await asyncio.to_thread(
+            decode_upload, image.content, image.content_type, self._limits
+        )
 
     def _check_limits(self, text: str, params: GenerationParams, text_param: str) -> None:
         if len(text) > self._limits.max_prompt_chars:

@@ -310,3 +310,14 @@ def test_handle_api_from_a_ray_task(url: str, reference: Blip2Model) -> None:
     answer = ray.get(ask_through_handle.remote(data_uri(0), "is it red?"), timeout=60)
     assert answer["answer"] == expected(reference, 0, "vqa", "is it red?")
     assert ray.get(ask_with_bad_image_through_handle.remote(), timeout=60) == "invalid_base64"
+
+
+def test_limits_are_checked_before_the_image_is_fetched(url: str, images: StaticServer) -> None:
+    body = {
+        "image": {"url": f"{images.base_url}/3.png"},
+        "question": "q",
+        "params": {"max_new_tokens": 1000},
+    }
+    response = requests.post(f"{url}/v1/vqa", json=body, timeout=30)
+    assert response.status_code == 422
+    assert images.hits["/3.png"] == 0
