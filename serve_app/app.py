@@ -47,5 +47,5 @@ def build_application(config: AppConfig, model_factory: ModelFactory | None = No
         autoscaling_config=ingress_options.autoscaling_config,
     )(Blip2Ingress)
     return ingress.bind(
-        model.bind(config.model, ongoing, model_factory), config.model, config.limits
+        model.bind(config.model, ongoing, model_factory), config.model, config.limits, config.auth
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 TINY_RANDOM_OPT = "builtin:tiny-random-blip2-opt"
 """An untrained, few-hundred-kilobyte BLIP-2 (OPT family) built from a small config."""
@@ -137,10 +137,44 @@ class LimitsConfig(_Strict):
     max_prompt_chars: int = Field(2000, ge=1)
     url_fetch_timeout_s: float = Field(10.0, gt=0)
     max_redirects: int = Field(3, ge=0)
+    allow_image_urls: bool = Field(True, description="Accept images given by URL at all.")
     allow_private_urls: bool = Field(
         False, description="Allow image URLs that resolve to private or loopback addresses."
     )
+    url_allowed_domains: list[str] = Field(
+        default_factory=list,
+        description="If not empty, image URLs must be on these domains or their subdomains.",
+    )
     request_timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("url_allowed_domains")
+    @classmethod
+    def _normalise_domains(cls, domains: list[str]) -> list[str]:
+        normalised = [domain.strip().strip(".").lower() for domain in domains]
+        if any(not domain or "/" in domain or ":" in domain for domain in normalised):
+            raise ValueError("url_allowed_domains holds bare domain names, like 'example.com'")
+        return normalised
+
+
+class AuthConfig(_Strict):
+    """Bearer tokens the HTTP API accepts; authentication is on when any source is set.
+
+    Keep tokens out of committed files: name an environment variable or a file that holds them
+    (on every ingress node). A source that is set but yields no token fails the ingress's start.
+    """
+
+    api_keys_env: str | None = Field(
+        None, description="Environment variable holding comma-separated tokens."
+    )
+    api_keys_file: str | None = Field(None, description="File holding one token per line.")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Tokens given inline (prefer the env or file source)."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any token source is configured."""
+        return bool(self.api_keys_env or self.api_keys_file or self.api_keys)
 
 
 class AppConfig(_Strict):
@@ -150,3 +184,4 @@ class AppConfig(_Strict):
     model_deployment: ModelDeploymentConfig = Field(default_factory=ModelDeploymentConfig)
     ingress_deployment: IngressDeploymentConfig = Field(default_factory=IngressDeploymentConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)

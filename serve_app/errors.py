@@ -37,6 +37,13 @@ class MalformedBodyError(ServeAppError):
     code = "malformed_body"
 
 
+class AuthenticationError(ServeAppError):
+    """The request carries no valid bearer token."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
 class InvalidImageError(ServeAppError):
     """The image could not be decoded, or its size is unusable."""
 

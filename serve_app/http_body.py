@@ -78,7 +78,7 @@ def parse_json(body: bytes, model: type[ModelT]) -> ModelT:
     """Parse a JSON body into ``model``."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, huge integers, deep nesting
         raise MalformedBodyError("the body is not valid JSON") from None
     return validate(model, data)
 

@@ -22,6 +22,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "Malformed body, bad image or refused image URL",
+        401: "Missing or invalid bearer token",
         413: "Body, image bytes or image pixels over the limits",
         415: "Unsupported content type",
         422: "A field is missing, unknown or out of range",
@@ -37,9 +38,13 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 def error_response(
     status_code: int, code: str, message: str, param: str | None = None
 ) -> JSONResponse:
-    """An error in the service's JSON shape; 503s carry ``Retry-After``."""
+    """An error in the service's JSON shape; 503s carry ``Retry-After``, 401s the challenge."""
     body = ErrorResponse(error=ErrorDetail(code=code, message=message, param=param))
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status_code == 503 else None
+    headers = {}
+    if status_code == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    if status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 
 

@@ -1,11 +1,13 @@
 """``Blip2Ingress``: HTTP routes and the typed Python handle API in front of ``Blip2Server``."""
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
@@ -18,7 +20,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
 from serve_app import http_body
-from serve_app.config import LimitsConfig, ModelConfig
+from serve_app.auth import BearerAuth
+from serve_app.config import AuthConfig, LimitsConfig, ModelConfig
 from serve_app.errors import (
     GenerationFailedError,
     InvalidRequestError,
@@ -53,8 +56,15 @@ from serve_app.schemas import (
 
 FieldsT = TypeVar("FieldsT", bound=BaseModel)
 ResultT = TypeVar("ResultT")
+Authorization = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Security(HTTPBearer(auto_error=False, description="An API key, when the server sets any.")),
+]
+"""The caller's bearer token, if it sent one (routes decide; health routes take none)."""
 ImageInput = ImageSource | http_body.Upload
 """An image as a caller gave it: a URL or base64 source, or an uploaded file."""
+
+logger = logging.getLogger("ray.serve")
 
 BODY_MEDIA_TYPES = ("application/json", "multipart/form-data")
 
@@ -76,11 +86,16 @@ class Blip2Ingress:
     """
 
     def __init__(
-        self, model: DeploymentHandle[Any], model_config: ModelConfig, limits: LimitsConfig
+        self,
+        model: DeploymentHandle[Any],
+        model_config: ModelConfig,
+        limits: LimitsConfig,
+        auth: AuthConfig,
     ) -> None:
         self._model = model
         self._model_config = model_config
         self._limits = limits
+        self._auth = BearerAuth.from_config(auth)
 
     async def vqa(self, request: VQARequest) -> VQAResponse:
         """Answer a question about an image."""
@@ -96,7 +111,7 @@ class Blip2Ingress:
 
     async def models(self) -> ModelList:
         """Describe the served model, its limits and its live batching settings."""
-        described: dict[str, Any] = await self._call_model(self._model.describe.remote())
+        described: dict[str, Any] = await self._call_model(self._model.describe.remote)
         limits = ModelLimits(
             default_max_new_tokens=self._model_config.default_max_new_tokens,
             max_new_tokens_limit=self._model_config.max_new_tokens_limit,
@@ -122,8 +137,9 @@ class Blip2Ingress:
         responses=ERROR_RESPONSES,
         openapi_extra=request_body(VQARequest, VQAFields),
     )
-    async def http_vqa(self, request: Request) -> VQAResponse:
+    async def http_vqa(self, request: Request, authorization: Authorization) -> VQAResponse:
         """Answer a question about an image (JSON body or multipart upload)."""
+        self._authorize(authorization)
         fields, image = await self._parse(request, VQARequest, VQAFields)
         return await self._vqa(fields, image)
 
@@ -133,8 +149,9 @@ class Blip2Ingress:
         responses=ERROR_RESPONSES,
         openapi_extra=request_body(CaptionRequest, CaptionFields),
     )
-    async def http_caption(self, request: Request) -> CaptionResponse:
+    async def http_caption(self, request: Request, authorization: Authorization) -> CaptionResponse:
         """Caption an image (JSON body or multipart upload)."""
+        self._authorize(authorization)
         fields, image = await self._parse(request, CaptionRequest, CaptionFields)
         return await self._caption(fields, image)
 
@@ -144,14 +161,18 @@ class Blip2Ingress:
         responses=ERROR_RESPONSES,
         openapi_extra=request_body(GenerateRequest, GenerateFields),
     )
-    async def http_generate(self, request: Request) -> GenerateResponse:
+    async def http_generate(
+        self, request: Request, authorization: Authorization
+    ) -> GenerateResponse:
         """Continue a raw prompt about an image (JSON body or multipart upload)."""
+        self._authorize(authorization)
         fields, image = await self._parse(request, GenerateRequest, GenerateFields)
         return await self._generate_text(fields, image)
 
     @app.get("/v1/models", response_model=ModelList, responses={503: ERROR_RESPONSES[503]})
-    async def http_models(self) -> ModelList:
+    async def http_models(self, authorization: Authorization) -> ModelList:
         """The served model, its family, dtype, limits and batching settings."""
+        self._authorize(authorization)
         return await self._deadline(self.models())
 
     @app.get("/healthz", response_model=HealthResponse)
@@ -164,10 +185,14 @@ class Blip2Ingress:
         """Readiness: a model replica answers."""
         try:
             async with asyncio.timeout(5):
-                await self._call_model(self._model.describe.remote())
+                await self._call_model(self._model.describe.remote)
         except TimeoutError:
             raise ModelUnavailableError("the model did not answer in time") from None
         return HealthResponse()
+
+    def _authorize(self, authorization: HTTPAuthorizationCredentials | None) -> None:
+        if self._auth is not None:
+            self._auth.check(None if authorization is None else authorization.credentials)
 
     async def _vqa(self, fields: VQAFields, image: ImageInput) -> VQAResponse:
         result = await self._run(image, "vqa", fields.question, fields.params, "question")
@@ -210,7 +235,9 @@ class Blip2Ingress:
         async def run() -> GenerationResult:
             pixels = await self._decode(image)
             request = GenerationRequest(task=task, text=text, image=pixels, params=params)
-            result: GenerationResult = await self._call_model(self._model.generate.remote(request))
+            result: GenerationResult = await self._call_model(
+                lambda: self._model.generate.remote(request)
+            )
             return result
 
         return await self._deadline(run())
@@ -248,15 +275,30 @@ class Blip2Ingress:
                 f"the request did not finish within {self._limits.request_timeout_s:g} s"
             ) from None
 
-    @staticmethod
-    async def _call_model(response: Any) -> Any:
-        try:
-            return await response
-        except BackPressureError:
-            raise ModelOverloadedError("the model is overloaded; retry shortly") from None
-        except (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError):
-            raise ModelUnavailableError("no model replica is available; retry shortly") from None
-        except RayTaskError as exc:
-            if isinstance(exc.cause, ServeAppError):
-                raise exc.cause from None
-            raise GenerationFailedError("the model failed to generate for this request") from None
+    async def _call_model(self, send: Callable[[], Any]) -> Any:
+        """Make a model call; if its replica dies mid-request, make it once more elsewhere.
+
+        Generation is idempotent, so a retry is safe. When the caller goes away or its deadline
+        passes, Serve cancels the call downstream, so queued work is dropped.
+        """
+        for attempt in (1, 2):
+            try:
+                return await send()
+            except (ReplicaUnavailableError, RayActorError):
+                if attempt == 1:
+                    logger.warning("A model replica died mid-request; retrying it once")
+                    continue
+                raise ModelUnavailableError(
+                    "no model replica is available; retry shortly"
+                ) from None
+            except BackPressureError:
+                raise ModelOverloadedError("the model is overloaded; retry shortly") from None
+            except DeploymentUnavailableError:
+                raise ModelUnavailableError(
+                    "no model replica is available; retry shortly"
+                ) from None
+            except RayTaskError as exc:
+                if isinstance(exc.cause, ServeAppError):
+                    raise exc.cause from None
+                raise GenerationFailedError("the model failed on this request") from None
+        raise AssertionError("unreachable")

@@ -99,13 +99,22 @@ def is_image_content_type(content_type: str | None) -> bool:
     )
 
 
+def is_allowed_domain(host: str, domains: list[str]) -> bool:
+    """Whether ``host`` (lower case, IDNA-encoded) is one of ``domains`` or a subdomain of one."""
+    host = host.rstrip(".")
+    return any(host == domain or host.endswith("." + domain) for domain in domains)
+
+
 def check_url_allowed(url: str, limits: LimitsConfig, param: str = "image.url") -> CheckedURL:
     """Check one URL (the caller's or a redirect target) and resolve its host.
 
     Raises:
-        ImageFetchError: The URL is malformed, not http(s), carries credentials, does not
-            resolve, or resolves to a non-public address while private URLs are not allowed.
+        ImageFetchError: URLs are not accepted, or the URL is malformed, not http(s), carries
+            credentials, is off the domain allowlist, does not resolve, or resolves to a
+            non-public address while private URLs are not allowed.
     """
+    if not limits.allow_image_urls:
+        raise ImageFetchError("this server does not accept image URLs; send the image", param)
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         raise ImageFetchError("the image URL is malformed", param)
     try:
@@ -125,6 +134,8 @@ def check_url_allowed(url: str, limits: LimitsConfig, param: str = "image.url") 
         host = host if host.isascii() else host.encode("idna").decode("ascii")
     except UnicodeError:
         raise ImageFetchError("the image URL host is malformed", param) from None
+    if limits.url_allowed_domains and not is_allowed_domain(host, limits.url_allowed_domains):
+        raise ImageFetchError("the image URL's host is not on an allowed domain", param)
     port = (443 if scheme == "https" else 80) if port is None else port
     addresses = _resolve(host, port, param)
     if not limits.allow_private_urls and not all(map(is_public_address, addresses)):

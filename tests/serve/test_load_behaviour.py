@@ -8,37 +8,25 @@ the autoscaling settings are test-only fast ones.
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import requests
 from ray import serve
 
-from serve_app.app import build_application
-from serve_app.config import AppConfig
 from tests.support.fakes import slow_fake_model
 from tests.support.images import image_bytes
-from tests.support.serving import running_replicas, wait_until
+from tests.support.serving import APP_NAME, run_app, running_replicas, wait_until
 
 CLIENTS = 12
 BODY = {"image": {"data": base64.b64encode(image_bytes(0)).decode()}, "question": "q"}
 
 
-def deploy_fake(overrides: dict[str, Any]) -> None:
-    """Run the app with the slow fake model, one logical GPU per replica and no CPUs."""
-    args: dict[str, Any] = {
-        "model_deployment": {"num_gpus": 1, "num_cpus": 0},
-        "ingress_deployment": {"num_cpus": 0},
-    }
-    for section, values in overrides.items():
-        args.setdefault(section, {}).update(values)
-    config = AppConfig.model_validate(args)
-    serve.run(build_application(config, model_factory=slow_fake_model), name="blip2")
-
-
 def test_model_replicas_scale_up_under_load_and_back_down(serve_url: str) -> None:
-    deploy_fake(
+    run_app(
+        slow_fake_model,
         {
             "model_deployment": {
                 "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
@@ -52,7 +40,7 @@ def test_model_replicas_scale_up_under_load_and_back_down(serve_url: str) -> Non
                     "look_back_period_s": 2,
                 },
             }
-        }
+        },
     )
     assert running_replicas("Blip2Server") == 1
 
@@ -78,31 +66,76 @@ def test_model_replicas_scale_up_under_load_and_back_down(serve_url: str) -> Non
     wait_until(lambda: running_replicas("Blip2Server") == 1, 90, "scale down to one replica")
 
 
-def test_overload_is_answered_503_with_retry_after(serve_url: str) -> None:
-    deploy_fake(
+def generated_requests() -> int:
+    """How many requests the model replica has generated for (summed over its batches)."""
+    server = serve.get_deployment_handle("Blip2Server", APP_NAME)
+    counts: dict[int, int] = server.batch_size_counts.remote().result()
+    return sum(size * count for size, count in counts.items())
+
+
+def test_overload_is_answered_503_with_retry_after_never_a_hang(serve_url: str) -> None:
+    run_app(
+        slow_fake_model,
         {
             "model_deployment": {
-                "batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0},
-                "max_ongoing_requests": 1,
-                "max_queued_requests": 1,
+                "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0},
+                "max_ongoing_requests": 2,
+                "max_queued_requests": 4,
             }
-        }
+        },
     )
-    with ThreadPoolExecutor(10) as pool:
+    requests_sent = 60
+    with ThreadPoolExecutor(30) as pool:
         responses = list(
             pool.map(
-                lambda _: requests.post(f"{serve_url}/v1/vqa", json=BODY, timeout=60), range(10)
+                lambda _: requests.post(f"{serve_url}/v1/vqa", json=BODY, timeout=60),
+                range(requests_sent),
             )
         )
     statuses = [r.status_code for r in responses]
+    assert len(statuses) == requests_sent
     assert set(statuses) == {200, 503}, statuses
-    rejected = next(r for r in responses if r.status_code == 503)
-    assert rejected.headers["Retry-After"] == "1"
-    assert rejected.json()["error"]["code"] == "overloaded"
+    for rejected in (r for r in responses if r.status_code == 503):
+        assert rejected.headers["Retry-After"] == "1"
+        assert rejected.json()["error"]["code"] == "overloaded"
 
 
-def test_a_request_past_its_deadline_is_answered_504(serve_url: str) -> None:
-    deploy_fake({"limits": {"request_timeout_s": 0.1}})
-    response = requests.post(f"{serve_url}/v1/vqa", json=BODY, timeout=60)
-    assert response.status_code == 504
-    assert response.json()["error"]["code"] == "timeout"
+def test_requests_past_their_deadline_get_504_and_their_queued_work_is_dropped(
+    serve_url: str,
+) -> None:
+    run_app(
+        slow_fake_model,
+        {
+            "model_deployment": {"batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0}},
+            "limits": {"request_timeout_s": 0.5},
+        },
+    )
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(
+            pool.map(
+                lambda _: requests.post(f"{serve_url}/v1/vqa", json=BODY, timeout=60), range(6)
+            )
+        )
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 504} and 504 in statuses, statuses
+    timed_out = next(r for r in responses if r.status_code == 504)
+    assert timed_out.json()["error"]["code"] == "timeout"
+    time.sleep(2)  # give any work that was not cancelled time to show up
+    assert generated_requests() < 6
+
+
+def test_a_client_that_disconnects_cancels_its_queued_work(serve_url: str) -> None:
+    run_app(
+        slow_fake_model,
+        {"model_deployment": {"batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0}}},
+    )
+    before = generated_requests()
+
+    def impatient(_: int) -> None:
+        with contextlib.suppress(requests.Timeout):
+            requests.post(f"{serve_url}/v1/vqa", json=BODY, timeout=0.4)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(impatient, range(8)))
+    time.sleep(3)  # 8 requests would take 2.4 s of model time if none were cancelled
+    assert generated_requests() - before <= 4

@@ -12,6 +12,10 @@ import yaml
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
+from serve_app.app import build_application
+from serve_app.config import AppConfig
+from serve_app.server import ModelFactory
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_NAME = "blip2"
 
@@ -28,6 +32,22 @@ def fit_for_tests(config: dict[str, Any]) -> dict[str, Any]:
     args["model_deployment"].update(num_gpus=1, num_cpus=0)
     args["ingress_deployment"].update(num_cpus=0)
     return config
+
+
+def run_app(model_factory: ModelFactory, overrides: dict[str, Any] | None = None) -> None:
+    """Run the app with another model, one logical GPU per model replica and no CPUs.
+
+    ``overrides`` maps sections of ``AppConfig`` (``model_deployment``, ``limits``, ...) to the
+    fields to change.
+    """
+    args: dict[str, Any] = {
+        "model_deployment": {"num_gpus": 1, "num_cpus": 0},
+        "ingress_deployment": {"num_cpus": 0},
+    }
+    for section, values in (overrides or {}).items():
+        args.setdefault(section, {}).update(values)
+    config = AppConfig.model_validate(args)
+    serve.run(build_application(config, model_factory=model_factory), name=APP_NAME)
 
 
 def deploy_config(config: dict[str, Any], timeout_s: float = 120) -> None:

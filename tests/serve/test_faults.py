@@ -1,0 +1,84 @@
+"""Faults: a replica dying mid-request, a replica whose batches keep failing, and errors that
+never leak internals. A ``FaultyFakeModel`` misbehaves on command (the model is not under test).
+"""
+
+from __future__ import annotations
+
+import base64
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import requests
+from ray import serve
+
+from tests.support.fakes import faulty_fake_model
+from tests.support.images import image_bytes
+from tests.support.serving import APP_NAME, run_app, running_replicas, wait_until
+
+IMAGE = {"data": base64.b64encode(image_bytes(0)).decode()}
+
+
+def ask(url: str, question: str) -> requests.Response:
+    return requests.post(f"{url}/v1/vqa", json={"image": IMAGE, "question": question}, timeout=60)
+
+
+def run_faulty(replicas: int, **model_deployment: Any) -> None:
+    run_app(
+        faulty_fake_model,
+        {
+            "model_deployment": {
+                "autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas},
+                "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
+                **model_deployment,
+            }
+        },
+    )
+
+
+def test_requests_on_a_replica_that_dies_are_retried_on_another(
+    serve_url: str, tmp_path: Path
+) -> None:
+    run_faulty(replicas=2)
+    marker = tmp_path / "crashed"
+    with ThreadPoolExecutor(8) as pool:
+        others = [pool.submit(ask, serve_url, f"bystander {i}") for i in range(7)]
+        crashing = pool.submit(ask, serve_url, f"crash-once:{marker}")
+        responses = [crashing.result(), *(f.result() for f in others)]
+    assert marker.exists(), "no replica crashed: the test did not exercise a death"
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    assert responses[0].json()["answer"] == f"fake:crash-once:{marker}"
+    assert [r.json()["answer"] for r in responses[1:]] == [f"fake:bystander {i}" for i in range(7)]
+    wait_until(lambda: running_replicas("Blip2Server") == 2, 60, "the dead replica's replacement")
+    assert ask(serve_url, "after").status_code == 200
+
+
+def test_a_request_that_kills_every_replica_gets_503_not_a_hang(serve_url: str) -> None:
+    run_faulty(replicas=2)
+    response = ask(serve_url, "crash-always")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["error"]["code"] == "model_unavailable"
+    wait_until(lambda: running_replicas("Blip2Server") == 2, 90, "replicas to be replaced")
+    assert ask(serve_url, "after").status_code == 200
+
+
+def batch_sizes() -> dict[int, int]:
+    server = serve.get_deployment_handle("Blip2Server", APP_NAME)
+    counts: dict[int, int] = server.batch_size_counts.remote().result()
+    return counts
+
+
+def test_a_replica_whose_batches_keep_failing_is_replaced(serve_url: str) -> None:
+    run_faulty(replicas=1, health_check_period_s=0.5, health_check_timeout_s=5)
+    for _ in range(3):
+        response = ask(serve_url, "break-batch")
+        assert response.status_code == 500
+        error = response.json()["error"]
+        assert error["code"] == "generation_failed"
+        assert "0xdeadbeef" not in response.text and "/opt/secret" not in response.text
+        assert "Traceback" not in response.text
+    assert sum(batch_sizes().values()) >= 3
+    # The failing replica reports itself unhealthy and Serve starts a fresh one.
+    wait_until(lambda: batch_sizes() == {}, 60, "the unhealthy replica to be replaced")
+    assert ask(serve_url, "healthy again").json()["answer"] == "fake:healthy again"
