@@ -119,7 +119,10 @@ def _form_fields(items: list[tuple[str, Any]], fields_model: type[BaseModel]) ->
         if name in fields or name in params:
             raise InvalidRequestError("the field is given more than once", name)
         if name == "params":
-            params.update(_params_json(value))
+            given = _params_json(value)
+            if repeated := sorted(set(given) & set(params)):
+                raise InvalidRequestError("the setting is given more than once", repeated[0])
+            params.update(given)
         elif name in GenerationParams.model_fields and name not in fields_model.model_fields:
             params[name] = value
         else:

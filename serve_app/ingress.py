@@ -72,6 +72,8 @@ app = FastAPI(
     title="BLIP-2 on Ray Serve",
     version="0.1.0",
     description="Visual question answering and image captioning with Salesforce BLIP-2.",
+    # No redirects built from the caller's Host header: a trailing slash is simply a 404.
+    redirect_slashes=False,
 )
 install_error_handlers(app)
 install_openapi(app, [VQARequest, CaptionRequest, GenerateRequest])

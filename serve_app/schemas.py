@@ -34,8 +34,17 @@ class GenerationParams(_Body):
     repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
 
 
+EXAMPLE_IMAGE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAFklEQVR42mP8z0AaYGIY"
+    "1TCqYdhqAABALgEfFO4+AgAAAABJRU5ErkJggg=="
+)
+"""A 16x16 red PNG, the example image of the API document."""
+
+
 class ImageSource(_Body):
     """An image given by exactly one of an http(s) URL or base64 data (plain or a data URI)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": EXAMPLE_IMAGE}]})
 
     url: str | None = Field(None, max_length=8192, description="An http(s) URL to fetch.")
     data: str | None = Field(

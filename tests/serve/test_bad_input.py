@@ -1,0 +1,243 @@
+"""Bad input over HTTP: a table of malformed requests with their exact status and error code,
+and a schema-driven fuzz of the whole API that must never produce a server error."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from PIL import Image
+from schemathesis.checks import not_a_server_error
+
+from tests.support.images import image_bytes
+from tests.support.serving import deploy_config, fit_for_tests, load_config
+
+MAX_BODY = 1_000_000
+MAX_IMAGE = 300_000
+MAX_PIXELS = 4_000_000
+PNG = image_bytes(0)
+B64 = base64.b64encode(PNG).decode()
+
+
+@pytest.fixture(scope="module")
+def url(serve_url: str) -> str:
+    config = fit_for_tests(load_config())
+    config["applications"][0]["args"]["limits"].update(
+        max_body_bytes=MAX_BODY, max_image_bytes=MAX_IMAGE, max_image_pixels=MAX_PIXELS
+    )
+    deploy_config(config)
+    return serve_url
+
+
+def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def as_json(**body: Any) -> dict[str, Any]:
+    return {"json": body}
+
+
+def with_image(raw: bytes, **fields: Any) -> dict[str, Any]:
+    return as_json(image={"data": base64.b64encode(raw).decode()}, **fields)
+
+
+def chunks(total: int) -> Iterator[bytes]:
+    """A body sent with chunked transfer encoding (no Content-Length)."""
+    for _ in range(total // 65536 + 1):
+        yield b" " * 65536
+
+
+Request = Callable[[], dict[str, Any]]
+JSON = {"content-type": "application/json"}
+
+CASES: dict[str, tuple[Request, int, str]] = {
+    "body over the cap (Content-Length)": (
+        lambda: {"data": b"{" + b" " * MAX_BODY + b"}", "headers": JSON},
+        413,
+        "payload_too_large",
+    ),
+    "body over the cap (chunked)": (
+        lambda: {"data": chunks(MAX_BODY + 1), "headers": JSON},
+        413,
+        "payload_too_large",
+    ),
+    "base64 longer than the image cap": (
+        lambda: as_json(image={"data": "A" * (MAX_IMAGE * 4 // 3 + 64)}, question="q"),
+        413,
+        "payload_too_large",
+    ),
+    "upload over the image cap": (
+        lambda: {
+            "files": {"image": ("a.png", b"\x89PNG" + b"0" * MAX_IMAGE)},
+            "data": {"question": "q"},
+        },
+        413,
+        "payload_too_large",
+    ),
+    "decompression bomb": (
+        lambda: with_image(encoded(Image.new("L", (8000, 8000))), question="q"),
+        413,
+        "payload_too_large",
+    ),
+    "1x1 image": (
+        lambda: with_image(encoded(Image.new("RGB", (1, 1))), question="q"),
+        400,
+        "invalid_image",
+    ),
+    "1x4000 image": (
+        lambda: with_image(encoded(Image.new("RGB", (1, 4000))), question="q"),
+        400,
+        "invalid_image",
+    ),
+    "truncated PNG": (lambda: with_image(PNG[: len(PNG) // 2], question="q"), 400, "invalid_image"),
+    "SVG": (
+        lambda: with_image(b"<svg xmlns='http://www.w3.org/2000/svg'/>", question="q"),
+        400,
+        "invalid_image",
+    ),
+    "data URI of text": (
+        lambda: as_json(image={"data": "data:text/plain;base64,aGVsbG8="}, question="q"),
+        415,
+        "unsupported_media_type",
+    ),
+    "malformed base64": (
+        lambda: as_json(image={"data": "@@@@"}, question="q"),
+        400,
+        "invalid_base64",
+    ),
+    "deeply nested JSON": (
+        lambda: {"data": b"[" * 100_000 + b"]" * 100_000, "headers": JSON},
+        400,
+        "malformed_body",
+    ),
+    "5000-digit number": (
+        lambda: {"data": b'{"question": ' + b"9" * 5000 + b"}", "headers": JSON},
+        400,
+        "malformed_body",
+    ),
+    "invalid UTF-8": (
+        lambda: {"data": b'{"question": "\xff\xfe"}', "headers": JSON},
+        400,
+        "malformed_body",
+    ),
+    "JSON array": (lambda: {"data": b"[1, 2]", "headers": JSON}, 422, "invalid_request"),
+    "no content type": (lambda: {"data": b"{}"}, 415, "unsupported_media_type"),
+    "text/plain": (
+        lambda: {"data": b"{}", "headers": {"content-type": "text/plain"}},
+        415,
+        "unsupported_media_type",
+    ),
+    "null image": (lambda: as_json(image=None, question="q"), 422, "invalid_request"),
+    "question too long": (
+        lambda: as_json(image={"data": B64}, question="x" * 2001),
+        422,
+        "invalid_request",
+    ),
+    "unknown setting": (
+        lambda: as_json(image={"data": B64}, question="q", params={"beams": 2}),
+        422,
+        "invalid_request",
+    ),
+    "num_beams 0": (
+        lambda: as_json(image={"data": B64}, question="q", params={"num_beams": 0}),
+        422,
+        "invalid_request",
+    ),
+    "top_p 2": (
+        lambda: as_json(image={"data": B64}, question="q", params={"top_p": 2}),
+        422,
+        "invalid_request",
+    ),
+    "max_new_tokens text": (
+        lambda: as_json(image={"data": B64}, question="q", params={"max_new_tokens": "many"}),
+        422,
+        "invalid_request",
+    ),
+    "two image parts": (
+        lambda: {
+            "files": [
+                ("image", ("a.png", PNG, "image/png")),
+                ("image", ("b.png", PNG, "image/png")),
+            ],
+            "data": {"question": "q"},
+        },
+        400,
+        "malformed_body",
+    ),
+    "too many form fields": (
+        lambda: {
+            "files": {"image": ("a.png", PNG, "image/png")},
+            "data": {f"f{i}": "x" for i in range(40)},
+        },
+        400,
+        "malformed_body",
+    ),
+    "no image part": (
+        lambda: {"files": {"other": ("a.png", PNG)}, "data": {"question": "q"}},
+        422,
+        "invalid_request",
+    ),
+    "image part as text": (
+        lambda: {"files": {"x": ("x", b"")}, "data": {"image": "abc", "question": "q"}},
+        422,
+        "invalid_request",
+    ),
+    "upload of text/plain": (
+        lambda: {"files": {"image": ("a.txt", b"hello", "text/plain")}, "data": {"question": "q"}},
+        415,
+        "unsupported_media_type",
+    ),
+    "setting given twice": (
+        lambda: {
+            "files": {"image": ("a.png", PNG, "image/png")},
+            "data": {"question": "q", "num_beams": "1", "params": json.dumps({"num_beams": 2})},
+        },
+        422,
+        "invalid_request",
+    ),
+    "params not JSON": (
+        lambda: {
+            "files": {"image": ("a.png", PNG, "image/png")},
+            "data": {"question": "q", "params": "{"},
+        },
+        422,
+        "invalid_request",
+    ),
+}
+
+
+@pytest.mark.parametrize(("make", "status", "code"), CASES.values(), ids=CASES.keys())
+def test_bad_input_gets_its_exact_status_and_code(
+    url: str, make: Request, status: int, code: str
+) -> None:
+    response = requests.post(f"{url}/v1/vqa", timeout=60, **make())
+    assert response.status_code == status, response.text[:500]
+    assert response.json()["error"]["code"] == code
+
+
+@pytest.fixture
+def api_schema(url: str) -> Any:
+    return schemathesis.openapi.from_url(f"{url}/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+def test_fuzzed_requests_never_cause_a_server_error(case: Any) -> None:
+    case.call_and_validate(checks=[not_a_server_error], timeout=60)
