@@ -119,8 +119,12 @@ class IngressDeploymentConfig(_Strict):
     """Resources, queueing and autoscaling of the CPU ingress deployment."""
 
     num_cpus: float = Field(1.0, ge=0.0)
-    max_ongoing_requests: int = Field(256, ge=1)
-    max_queued_requests: int = Field(-1, ge=-1, description="-1 means unbounded.")
+    max_ongoing_requests: int = Field(
+        512, ge=1, description="Room for every request the model deployment may hold, and more."
+    )
+    max_queued_requests: int = Field(
+        1024, ge=-1, description="Last-resort queue at the proxy; -1 means unbounded."
+    )
     autoscaling_config: dict[str, Any] = Field(
         default_factory=lambda: {"min_replicas": 1, "max_replicas": 1}
     )

@@ -9,15 +9,19 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from PIL import Image
+from ray import serve
 from schemathesis.checks import not_a_server_error
 
-from tests.support.images import image_bytes
-from tests.support.serving import deploy_config, fit_for_tests, load_config
+from serve_app.errors import GenerationFailedError
+from serve_app.schemas import GenerationRequest
+from tests.support.images import image_bytes, make_image
+from tests.support.serving import APP_NAME, deploy_config, fit_for_tests, load_config
 
 MAX_BODY = 1_000_000
 MAX_IMAGE = 300_000
@@ -32,6 +36,8 @@ def url(serve_url: str) -> str:
     config["applications"][0]["args"]["limits"].update(
         max_body_bytes=MAX_BODY, max_image_bytes=MAX_IMAGE, max_image_pixels=MAX_PIXELS
     )
+    # A generous batch window, so the concurrent calls of the poisoned-batch test share a batch.
+    config["applications"][0]["deployments"][0]["user_config"]["batch_wait_timeout_s"] = 0.2
     deploy_config(config)
     return serve_url
 
@@ -241,3 +247,28 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 )
 def test_fuzzed_requests_never_cause_a_server_error(case: Any) -> None:
     case.call_and_validate(checks=[not_a_server_error], timeout=60)
+
+
+def test_a_poisoned_item_fails_alone_inside_its_batch(url: str) -> None:
+    """An item the real model cannot run (a prompt past its context) fails; the rest answer."""
+    server = serve.get_deployment_handle("Blip2Server", APP_NAME)
+    image = np.asarray(make_image(0))
+    good = [GenerationRequest(task="vqa", text=f"what is {i}?", image=image) for i in range(5)]
+    poisoned = GenerationRequest(task="prompt", text="word " * 5000, image=image)
+    alone = [server.generate.remote(r).result() for r in good]
+    before = server.batch_size_counts.remote().result()
+
+    responses = [server.generate.remote(r) for r in [*good[:2], poisoned, *good[2:]]]
+    outcomes: list[Any] = []
+    for response in responses:
+        try:
+            outcomes.append(response.result())
+        except GenerationFailedError as error:
+            outcomes.append(error)
+
+    assert isinstance(outcomes[2], GenerationFailedError)
+    assert "word" not in str(outcomes[2])
+    assert [outcomes[i] for i in (0, 1, 3, 4, 5)] == alone
+    after = server.batch_size_counts.remote().result()
+    grown = [size for size in after if after[size] > before.get(size, 0)]
+    assert max(grown) > 1, "the poisoned item never shared a batch"
