@@ -1,0 +1,56 @@
+"""Bearer-token checks and where tokens come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serve_app.auth import BearerAuth
+from serve_app.config import AuthConfig
+from serve_app.errors import AuthenticationError
+
+
+def test_not_configured_means_no_authentication() -> None:
+    assert BearerAuth.from_config(AuthConfig()) is None
+
+
+def test_tokens_from_every_source_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("from-file\n\n  spaced  \n")
+    monkeypatch.setenv("TEST_KEYS", "from-env-1, from-env-2,")
+    auth = BearerAuth.from_config(
+        AuthConfig.model_validate(
+            {"api_keys_env": "TEST_KEYS", "api_keys_file": str(keys), "api_keys": ["inline"]}
+        )
+    )
+    assert auth is not None
+    for token in ["from-file", "spaced", "from-env-1", "from-env-2", "inline"]:
+        auth.check(token)
+
+
+@pytest.mark.parametrize("token", [None, "", "inlin", "inline2", "INLINE", " inline"])
+def test_anything_else_is_refused(token: str | None) -> None:
+    auth = BearerAuth(["inline"])
+    with pytest.raises(AuthenticationError) as refused:
+        auth.check(token)
+    assert refused.value.status_code == 401
+    assert "inline" not in refused.value.message
+
+
+def test_a_configured_source_that_yields_nothing_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMPTY_KEYS", " , ")
+    with pytest.raises(ValueError, match="no API key"):
+        BearerAuth.from_config(AuthConfig(api_keys_env="EMPTY_KEYS"))
+    with pytest.raises(FileNotFoundError):
+        BearerAuth.from_config(AuthConfig(api_keys_file=str(tmp_path / "missing")))
+
+
+def test_inline_tokens_are_hidden_in_the_config_repr() -> None:
+    config = AuthConfig.model_validate({"api_keys": ["very-secret"]})
+    assert "very-secret" not in repr(config)
+    assert "very-secret" not in config.model_dump_json()
