@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from serve_app.errors import ServeAppError
+from serve_app.openai_schemas import OpenAIErrorResponse
 from serve_app.schemas import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger("ray.serve")
@@ -32,20 +34,38 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 """The error responses listed on every inference route of the OpenAPI document."""
 
+OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": OpenAIErrorResponse, "description": description}
+    for status, description in {
+        400: "Invalid request, image or setting",
+        401: "Missing or invalid bearer token",
+        404: "Unknown model",
+        413: "Body or image over the limits",
+        503: "Model overloaded or unavailable (see Retry-After)",
+        504: "The request did not finish in time",
+    }.items()
+}
+"""The error responses of the OpenAI-compatible routes (OpenAI's error shape)."""
+
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-def error_response(
-    status_code: int, code: str, message: str, param: str | None = None
-) -> JSONResponse:
-    """An error in the service's JSON shape; 503s carry ``Retry-After``, 401s the challenge."""
-    body = ErrorResponse(error=ErrorDetail(code=code, message=message, param=param))
+def json_error(status_code: int, body: dict[str, Any]) -> JSONResponse:
+    """An error body with its status; 503s carry ``Retry-After``, 401s the Bearer challenge."""
     headers = {}
     if status_code == 503:
         headers["Retry-After"] = str(RETRY_AFTER_S)
     if status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def error_response(
+    status_code: int, code: str, message: str, param: str | None = None
+) -> JSONResponse:
+    """An error in the service's JSON shape."""
+    body = ErrorResponse(error=ErrorDetail(code=code, message=message, param=param))
+    return json_error(status_code, body.model_dump())
 
 
 def install_error_handlers(app: FastAPI) -> None:

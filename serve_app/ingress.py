@@ -2,7 +2,8 @@
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -10,29 +11,31 @@ from fastapi import FastAPI, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import (
-    BackPressureError,
-    DeploymentUnavailableError,
-    ReplicaUnavailableError,
-)
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serve_app import http_body
 from serve_app.auth import BearerAuth
+from serve_app.chat import Completion, openai_error, to_turn
+from serve_app.chat_stream import chat_events
 from serve_app.config import AuthConfig, LimitsConfig, ModelConfig
 from serve_app.errors import (
-    GenerationFailedError,
     InvalidRequestError,
-    ModelOverloadedError,
     ModelUnavailableError,
     RequestTimeoutError,
     ServeAppError,
 )
-from serve_app.http_errors import ERROR_RESPONSES, install_error_handlers
+from serve_app.http_errors import (
+    ERROR_RESPONSES,
+    OPENAI_ERROR_RESPONSES,
+    install_error_handlers,
+    json_error,
+)
 from serve_app.images import decode_upload, load_image
-from serve_app.openapi_docs import install_openapi, request_body
+from serve_app.model_calls import call_with_retry
+from serve_app.openai_schemas import ChatCompletion, ChatCompletionRequest
+from serve_app.openapi_docs import install_openapi, json_body, request_body
 from serve_app.schemas import (
     CaptionFields,
     CaptionRequest,
@@ -76,7 +79,7 @@ app = FastAPI(
     redirect_slashes=False,
 )
 install_error_handlers(app)
-install_openapi(app, [VQARequest, CaptionRequest, GenerateRequest])
+install_openapi(app, [VQARequest, CaptionRequest, GenerateRequest, ChatCompletionRequest])
 
 
 @serve.ingress(app)
@@ -98,6 +101,7 @@ class Blip2Ingress:
         self._model_config = model_config
         self._limits = limits
         self._auth = BearerAuth.from_config(auth)
+        self._started = int(time.time())
 
     async def vqa(self, request: VQARequest) -> VQAResponse:
         """Answer a question about an image."""
@@ -111,9 +115,17 @@ class Blip2Ingress:
         """Continue a raw prompt about an image."""
         return await self._generate_text(request, request.image)
 
+    async def chat_completions(self, request: ChatCompletionRequest) -> ChatCompletion:
+        """An OpenAI chat completion (not streamed; stream over HTTP)."""
+        if request.stream:
+            raise InvalidRequestError("stream over the HTTP API", "stream")
+        turn = to_turn(request, self._model_config)
+        result = await self._run(turn.image, turn.task, turn.text, turn.params, "messages")
+        return Completion.new(self._model_config.name).whole(result)
+
     async def models(self) -> ModelList:
         """Describe the served model, its limits and its live batching settings."""
-        described: dict[str, Any] = await self._call_model(self._model.describe.remote)
+        described: dict[str, Any] = await call_with_retry(self._model.describe.remote)
         limits = ModelLimits(
             default_max_new_tokens=self._model_config.default_max_new_tokens,
             max_new_tokens_limit=self._model_config.max_new_tokens_limit,
@@ -127,6 +139,7 @@ class Blip2Ingress:
             {
                 **described,
                 "id": self._model_config.name,
+                "created": self._started,
                 "vqa_prompt_template": self._model_config.vqa_prompt_template,
                 "limits": limits,
             }
@@ -171,6 +184,29 @@ class Blip2Ingress:
         fields, image = await self._parse(request, GenerateRequest, GenerateFields)
         return await self._generate_text(fields, image)
 
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses=OPENAI_ERROR_RESPONSES,
+        openapi_extra=json_body(ChatCompletionRequest),
+    )
+    async def http_chat_completions(
+        self, request: Request, authorization: Authorization
+    ) -> Response:
+        """OpenAI-compatible chat completions about one image; ``stream`` sends SSE chunks."""
+        try:
+            self._authorize(authorization)
+            http_body.require_media_type(request, ("application/json",))
+            body = await http_body.read_body(request, self._limits.max_body_bytes)
+            chat = http_body.parse_json(body, ChatCompletionRequest)
+            if chat.stream:
+                return await self._chat_stream(chat)
+            completion = await self.chat_completions(chat)
+            return JSONResponse(completion.model_dump(mode="json"))
+        except ServeAppError as error:
+            status, payload = openai_error(error)
+            return json_error(status, payload.model_dump())
+
     @app.get("/v1/models", response_model=ModelList, responses={503: ERROR_RESPONSES[503]})
     async def http_models(self, authorization: Authorization) -> ModelList:
         """The served model, its family, dtype, limits and batching settings."""
@@ -187,10 +223,37 @@ class Blip2Ingress:
         """Readiness: a model replica answers."""
         try:
             async with asyncio.timeout(5):
-                await self._call_model(self._model.describe.remote)
+                await call_with_retry(self._model.describe.remote)
         except TimeoutError:
             raise ModelUnavailableError("the model did not answer in time") from None
         return HealthResponse()
+
+    async def _chat_stream(self, chat: ChatCompletionRequest) -> StreamingResponse:
+        """Open the model's stream (errors before the first token are plain HTTP errors)."""
+        turn = to_turn(chat, self._model_config)
+        self._check_limits(turn.text, turn.params, "messages")
+        deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_s
+        async with asyncio.timeout_at(deadline):
+            pixels = await self._decode(turn.image)
+            request = GenerationRequest(
+                task=turn.task, text=turn.text, image=pixels, params=turn.params, stream=True
+            )
+            stream, first = await call_with_retry(lambda: self._open_stream(request))
+        include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+        events = chat_events(
+            Completion.new(self._model_config.name), stream, first, deadline, include_usage
+        )
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    async def _open_stream(self, request: GenerationRequest) -> tuple[Any, Any]:
+        stream: Any = self._model.options(stream=True).generate_stream.remote(request)
+        try:
+            return stream, await anext(stream)
+        except BaseException:
+            stream.cancel()
+            raise
 
     def _authorize(self, authorization: HTTPAuthorizationCredentials | None) -> None:
         if self._auth is not None:
@@ -237,7 +300,7 @@ class Blip2Ingress:
         async def run() -> GenerationResult:
             pixels = await self._decode(image)
             request = GenerationRequest(task=task, text=text, image=pixels, params=params)
-            result: GenerationResult = await self._call_model(
+            result: GenerationResult = await call_with_retry(
                 lambda: self._model.generate.remote(request)
             )
             return result
@@ -276,31 +339,3 @@ class Blip2Ingress:
             raise RequestTimeoutError(
                 f"the request did not finish within {self._limits.request_timeout_s:g} s"
             ) from None
-
-    async def _call_model(self, send: Callable[[], Any]) -> Any:
-        """Make a model call; if its replica dies mid-request, make it once more elsewhere.
-
-        Generation is idempotent, so a retry is safe. When the caller goes away or its deadline
-        passes, Serve cancels the call downstream, so queued work is dropped.
-        """
-        for attempt in (1, 2):
-            try:
-                return await send()
-            except (ReplicaUnavailableError, RayActorError):
-                if attempt == 1:
-                    logger.warning("A model replica died mid-request; retrying it once")
-                    continue
-                raise ModelUnavailableError(
-                    "no model replica is available; retry shortly"
-                ) from None
-            except BackPressureError:
-                raise ModelOverloadedError("the model is overloaded; retry shortly") from None
-            except DeploymentUnavailableError:
-                raise ModelUnavailableError(
-                    "no model replica is available; retry shortly"
-                ) from None
-            except RayTaskError as exc:
-                if isinstance(exc.cause, ServeAppError):
-                    raise exc.cause from None
-                raise GenerationFailedError("the model failed on this request") from None
-        raise AssertionError("unreachable")

@@ -17,34 +17,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from serve_app.batch_events import GenerationObserver
 from serve_app.config import ModelConfig
+from serve_app.devices import resolve_device, resolve_dtype
 from serve_app.errors import GenerationFailedError, InvalidImageError, InvalidRequestError
+from serve_app.output_text import OutputText
 from serve_app.schemas import GenerationParams, GenerationRequest, GenerationResult, Task
+from serve_app.step_tracker import StepTracker, TrackedRow
 from serve_app.tiny_models import resolve_builtin
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def resolve_device(device: str) -> torch.device:
-    """Map ``auto``/``cpu``/``cuda`` to a torch device; ``cuda`` without CUDA is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu' or 'cuda'")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """Map a dtype name to a torch dtype; ``auto`` is float16 on CUDA and float32 on CPU."""
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected 'auto' or one of {sorted(_DTYPES)}")
-    return _DTYPES[dtype]
 
 
 @dataclass
@@ -58,6 +40,7 @@ class _Prepared:
     plain_ids: list[int]
     pixel_values: torch.Tensor
     prompt_tokens: int
+    stream: bool
 
 
 class Blip2Model:
@@ -94,6 +77,7 @@ class Blip2Model:
         self._eos_id = int(self._tokenizer.eos_token_id)
         self._special_ids = {int(i) for i in self._tokenizer.all_special_ids}
         self._special_ids.update({self._image_token_id, self._pad_id, self._eos_id})
+        self._text = OutputText(self._tokenizer, self._family, self._special_ids)
 
     @classmethod
     def load(cls, config: ModelConfig) -> Blip2Model:
@@ -173,11 +157,17 @@ class Blip2Model:
             raise result
         return result
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult | Exception]:
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        observer: GenerationObserver | None = None,
+    ) -> list[GenerationResult | Exception]:
         """Generate for a batch; the result at index ``i`` answers ``requests[i]``.
 
         Requests are grouped by their effective generation settings, one ``generate`` per
         group. A failing request gets an exception in its slot; the others are unaffected.
+        ``observer`` receives the text of streaming requests as it is generated (the deltas of
+        a request add up to its result's text) and can cancel requests mid-generation.
         """
         results: list[GenerationResult | Exception | None] = [None] * len(requests)
         groups: dict[GenerationParams, list[_Prepared]] = {}
@@ -189,8 +179,10 @@ class Blip2Model:
                 results[index] = _as_client_error(exc)
                 continue
             groups.setdefault(params, []).append(prepared)
+        emitted: dict[int, str] = {}
         for params, items in groups.items():
-            for item, outcome in zip(items, self._run_isolated(items, params), strict=True):
+            outcomes = self._run_isolated(items, params, observer, emitted)
+            for item, outcome in zip(items, outcomes, strict=True):
                 results[item.index] = outcome
         return [r if r is not None else GenerationFailedError("generation failed") for r in results]
 
@@ -208,7 +200,7 @@ class Blip2Model:
             )
         update: dict[str, Any] = {"max_new_tokens": max_new}
         if not params.do_sample:
-            update.update(temperature=1.0, top_p=1.0)
+            update.update(temperature=1.0, top_p=1.0, seed=None)
         return params.model_copy(update=update)
 
     def _prepare(self, index: int, request: GenerationRequest) -> _Prepared:
@@ -230,21 +222,27 @@ class Blip2Model:
         rgb = Image.fromarray(np.ascontiguousarray(image))
         pixels = self._processor.image_processor(images=[rgb], return_tensors="pt")
         pixel_values = pixels["pixel_values"]
-        return _Prepared(index, request.task, prompt, text_ids, plain, pixel_values, len(plain))
+        return _Prepared(
+            index, request.task, prompt, text_ids, plain, pixel_values, len(plain), request.stream
+        )
 
     def _run_isolated(
-        self, items: list[_Prepared], params: GenerationParams
+        self,
+        items: list[_Prepared],
+        params: GenerationParams,
+        observer: GenerationObserver | None,
+        emitted: dict[int, str],
     ) -> list[GenerationResult | Exception]:
         """Run a group as one batch; if that fails, run each item alone to find the culprits."""
         if len(items) > 1:
             try:
-                return list(self._run(items, params))
+                return list(self._run(items, params, observer, emitted))
             except Exception as exc:
                 logger.warning("a batch of %d failed (%r); retrying one by one", len(items), exc)
         outcomes: list[GenerationResult | Exception] = []
         for item in items:
             try:
-                outcomes.extend(self._run([item], params))
+                outcomes.extend(self._run([item], params, observer, emitted))
             except Exception as exc:
                 logger.exception("generation failed for request %d of the batch", item.index)
                 error = GenerationFailedError("generation failed")
@@ -253,7 +251,13 @@ class Blip2Model:
         return outcomes
 
     @torch.inference_mode()
-    def _run(self, items: list[_Prepared], params: GenerationParams) -> list[GenerationResult]:
+    def _run(
+        self,
+        items: list[_Prepared],
+        params: GenerationParams,
+        observer: GenerationObserver | None,
+        emitted: dict[int, str],
+    ) -> list[GenerationResult]:
         """One ``generate`` call over ``items`` (image tokens first, OPT left-padded)."""
         image_ids = [self._image_token_id] * self._num_query_tokens
         rows = [image_ids + item.text_ids for item in items]
@@ -264,18 +268,38 @@ class Blip2Model:
             span = slice(width - len(row), width) if self._family == "opt" else slice(0, len(row))
             ids[i, span] = torch.tensor(row, dtype=torch.long)
             mask[i, span] = 1
+        by_index = {item.index: item for item in items}
+        tracker = StepTracker(
+            [
+                TrackedRow(item.index, item.stream, params.stop, emitted.get(item.index, ""))
+                for item in items
+            ],
+            offset=width if self._family == "opt" else 1,
+            render=lambda index, tokens: self._render(by_index[index], tokens, params.stop),
+            observer=observer,
+        )
+        if params.do_sample and params.seed is not None:
+            torch.manual_seed(params.seed)
         pixel_values = torch.cat([item.pixel_values for item in items])
         output = self._model.generate(
             pixel_values=pixel_values.to(self._device, self._dtype),
             input_ids=ids.to(self._device),
             attention_mask=mask.to(self._device),
+            # Beam search reorders rows between steps, so only greedy and sampling are watched.
+            stopping_criteria=[tracker] if params.num_beams == 1 else None,
             **self._generate_kwargs(params),
         )
         output = output.cpu()
         # A decoder-only model returns the prompt too; keep only the new tokens.
         if self._family == "opt" and torch.equal(output[:, :width], ids):
             output = output[:, width:]
-        return [self._result(item, row.tolist()) for item, row in zip(items, output, strict=True)]
+        results = []
+        for item, tracked, generated in zip(items, tracker.rows, output, strict=True):
+            result = self._result(item, generated.tolist(), params)
+            tracker.emit(tracked, result.text)
+            emitted[item.index] = tracked.emitted
+            results.append(result)
+        return results
 
     def _generate_kwargs(self, params: GenerationParams) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -290,40 +314,24 @@ class Blip2Model:
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
         return kwargs
 
-    def _result(self, item: _Prepared, generated: list[int]) -> GenerationResult:
-        tokens = [t for t in generated if t not in self._special_ids]
-        text = self._decode(tokens).strip()
-        if item.task == "caption" and item.prompt:
-            text = self._with_prefix(item, tokens, text)
+    def _render(
+        self, item: _Prepared, generated: list[int], stop: Sequence[str]
+    ) -> tuple[str, bool]:
+        return self._text.render(item.task, item.prompt, item.plain_ids, generated, stop)
+
+    def _result(
+        self, item: _Prepared, generated: list[int], params: GenerationParams
+    ) -> GenerationResult:
+        tokens = self._text.content_tokens(generated)
+        text, stop_hit = self._render(item, generated, params.stop)
+        ended = stop_hit or self._eos_id in generated
+        limit = params.max_new_tokens or self._config.default_max_new_tokens
         return GenerationResult(
-            text=text, prompt_tokens=item.prompt_tokens, completion_tokens=len(tokens)
+            text=text,
+            prompt_tokens=item.prompt_tokens,
+            completion_tokens=len(tokens),
+            finish_reason="stop" if ended or len(tokens) < limit else "length",
         )
-
-    def _decode(self, tokens: list[int]) -> str:
-        return str(self._tokenizer.decode(tokens, skip_special_tokens=True))
-
-    def _with_prefix(self, item: _Prepared, tokens: list[int], continuation: str) -> str:
-        """The caption including its prefix.
-
-        A decoder-only model continues the prefix text itself, so the prefix and the new tokens
-        are decoded together (keeping e.g. whether a word was continued); for T5 the prefix
-        and the decoder's text are joined with a space.
-        """
-        if self._family == "opt":
-            prefix_text = self._decode(item.plain_ids)
-            full = self._decode(item.plain_ids + tokens)
-            if full.startswith(prefix_text):
-                return (item.prompt + full[len(prefix_text) :]).strip()
-        return _join(item.prompt.strip(), continuation)
-
-
-def _join(prefix: str, continuation: str) -> str:
-    """Join a caption prefix and its continuation with one space (none before punctuation)."""
-    if not prefix or not continuation:
-        return prefix or continuation
-    if continuation[0] in ".,;:!?'":
-        return prefix + continuation
-    return f"{prefix} {continuation}"
 
 
 def _as_client_error(exc: Exception) -> Exception:

@@ -29,6 +29,14 @@ def request_body(json_model: type[BaseModel], fields_model: type[BaseModel]) -> 
     }
 
 
+def json_body(json_model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for a route taking ``json_model`` as a JSON body."""
+    reference = {"$ref": REF_TEMPLATE.format(model=json_model.__name__)}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": reference}}}
+    }
+
+
 def _upload_schema(fields_model: type[BaseModel]) -> dict[str, Any]:
     schema = fields_model.model_json_schema(ref_template=REF_TEMPLATE)
     properties: dict[str, Any] = {

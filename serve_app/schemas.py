@@ -32,6 +32,10 @@ class GenerationParams(_Body):
     temperature: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    stop: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(
+        (), max_length=4, description="Stop before any of these strings (not included)."
+    )
+    seed: int | None = Field(None, description="Seed for sampling, for repeatable samples.")
 
 
 EXAMPLE_IMAGE = (
@@ -173,6 +177,8 @@ class ModelCard(_Body):
 
     id: str
     object: Literal["model"] = "model"
+    created: int = Field(description="When the serving application started (Unix time).")
+    owned_by: str = "blip2-serve"
     source: str = Field(description="The Hugging Face id, directory or builtin name loaded.")
     family: Literal["opt", "t5"]
     dtype: str
@@ -209,6 +215,7 @@ class GenerationRequest(BaseModel):
     text: str = ""
     image: np.ndarray[Any, np.dtype[np.uint8]]
     params: GenerationParams = Field(default_factory=GenerationParams)
+    stream: bool = Field(False, description="Report text as it is generated.")
 
 
 class GenerationResult(BaseModel):
@@ -219,6 +226,7 @@ class GenerationResult(BaseModel):
     text: str
     prompt_tokens: int
     completion_tokens: int
+    finish_reason: Literal["stop", "length"] = "stop"
 
     def usage(self) -> Usage:
         """Token counts in the response shape."""

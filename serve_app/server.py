@@ -6,12 +6,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol, cast
 
 from ray import serve
 from ray.serve.metrics import Histogram
 
+from serve_app.batch_events import BatchEvents, GenerationObserver
 from serve_app.config import BatchingConfig, ModelConfig
 from serve_app.errors import GenerationFailedError, ServeAppError
 from serve_app.schemas import GenerationRequest, GenerationResult
@@ -23,7 +24,7 @@ class GenerationModel(Protocol):
     """What ``Blip2Server`` needs from a model: ``Blip2Model`` or a test fake."""
 
     def generate(
-        self, requests: Sequence[GenerationRequest]
+        self, requests: Sequence[GenerationRequest], observer: GenerationObserver | None = None
     ) -> list[GenerationResult | Exception]: ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -34,12 +35,29 @@ UNHEALTHY_AFTER_FAILED_BATCHES = 3
 
 ModelFactory = Callable[[ModelConfig], GenerationModel]
 
+BatchEvent = str | GenerationResult | Exception | None
+"""What a batch yields per request: streamed text, then its outcome (None: nothing new)."""
+
 
 def load_blip2(config: ModelConfig) -> GenerationModel:
     """The default model factory: load BLIP-2 as configured."""
     from serve_app.model import Blip2Model
 
     return Blip2Model.load(config)
+
+
+BatchedMethod = Callable[[Any, list[GenerationRequest]], AsyncIterator[list[BatchEvent]]]
+PerRequestMethod = Callable[[Any, GenerationRequest], AsyncIterator[BatchEvent]]
+
+
+def _batched_generator(
+    max_batch_size: int, batch_wait_timeout_s: float
+) -> Callable[[BatchedMethod], PerRequestMethod]:
+    """``serve.batch`` for a batched async generator, typed (Serve's hints cover lists only)."""
+    decorator = serve.batch(
+        max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s
+    )
+    return cast(Callable[[BatchedMethod], PerRequestMethod], decorator)
 
 
 class Blip2Server:
@@ -62,6 +80,7 @@ class Blip2Server:
         self._batching = BatchingConfig()
         self._batch_sizes: Counter[int] = Counter()
         self._failed_batches_in_a_row = 0
+        self._cancelled: set[int] = set()
         self._batch_size_metric = Histogram(
             "blip2_batch_size",
             description="Requests per model batch.",
@@ -90,26 +109,71 @@ class Blip2Server:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate for one request; it is batched with the other requests in flight."""
-        result = await self._generate_batch(request)
-        if isinstance(result, Exception):
-            raise result
-        return result
+        outcome: GenerationResult | Exception | None = None
+        async for event in self._events(request):
+            if isinstance(event, GenerationResult | Exception):
+                outcome = event
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome is None:
+            raise GenerationFailedError("the model returned no result for this request")
+        return outcome
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def generate_stream(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[str | GenerationResult]:
+        """Yield the request's text as it is generated, then its ``GenerationResult``.
+
+        Streaming requests share batches with all other traffic.
+        """
+        async for event in self._events(request.model_copy(update={"stream": True})):
+            if isinstance(event, Exception):
+                raise event
+            if event is not None:
+                yield event
+
+    async def _events(self, request: GenerationRequest) -> AsyncIterator[BatchEvent]:
+        """The request's events from its batch; a caller who goes away cancels its share."""
+        try:
+            async for event in self._generate_batch(request):
+                yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            self._cancelled.add(id(request))
+            raise
+
+    @_batched_generator(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _generate_batch(
         self, requests: list[GenerationRequest]
-    ) -> list[GenerationResult | Exception]:
+    ) -> AsyncIterator[list[BatchEvent]]:
         self._batch_sizes[len(requests)] += 1
         self._batch_size_metric.observe(len(requests))
+        events = BatchEvents(
+            asyncio.get_running_loop(),
+            len(requests),
+            is_cancelled=lambda index: id(requests[index]) in self._cancelled,
+        )
+        worker = asyncio.ensure_future(asyncio.to_thread(self._run_model, requests, events))
+        try:
+            async for step in events.steps():
+                yield list(step)
+            yield list(await worker)
+        finally:
+            self._cancelled.difference_update(id(request) for request in requests)
+
+    def _run_model(
+        self, requests: list[GenerationRequest], events: BatchEvents
+    ) -> list[GenerationResult | Exception]:
+        """Generate in a worker thread; a batch that fails as a whole fails each request."""
         started = time.perf_counter()
         try:
-            results = await asyncio.to_thread(self._model.generate, requests)
+            results = self._model.generate(requests, events)
         except Exception:
             logger.exception("Batch of %d failed as a whole", len(requests))
             self._failed_batches_in_a_row += 1
             failure = GenerationFailedError("the model failed to generate for this request")
             return [failure] * len(requests)
         finally:
+            events.close()
             self._generate_time_metric.observe(time.perf_counter() - started)
         self._failed_batches_in_a_row = 0
         return [self._public(result) for result in results]

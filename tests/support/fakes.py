@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from serve_app.batch_events import GenerationObserver
 from serve_app.config import ModelConfig
 from serve_app.schemas import GenerationRequest, GenerationResult
 
@@ -23,7 +26,9 @@ class SlowFakeModel:
     def __init__(self, config: ModelConfig) -> None:
         self._config = config
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult | Exception]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], observer: GenerationObserver | None = None
+    ) -> list[GenerationResult | Exception]:
         time.sleep(self.batch_seconds)
         return [
             GenerationResult(text=f"fake:{r.text}", prompt_tokens=1, completion_tokens=1)
@@ -56,7 +61,9 @@ class FaultyFakeModel(SlowFakeModel):
 
     batch_seconds = 0.05
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult | Exception]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], observer: GenerationObserver | None = None
+    ) -> list[GenerationResult | Exception]:
         for request in requests:
             if request.text == "crash-always":
                 os._exit(1)
@@ -67,9 +74,56 @@ class FaultyFakeModel(SlowFakeModel):
                     os._exit(1)
             if request.text == "break-batch":
                 raise RuntimeError("the accelerator fell over at 0xdeadbeef in /opt/secret")
-        return super().generate(requests)
+        return super().generate(requests, observer)
 
 
 def faulty_fake_model(config: ModelConfig) -> FaultyFakeModel:
     """Model factory for ``build_application``."""
     return FaultyFakeModel(config)
+
+
+class PacedObserver:
+    """Passes streamed text on after a pause: paces generation like a slower accelerator."""
+
+    def __init__(self, inner: GenerationObserver, step_seconds: float) -> None:
+        self._inner = inner
+        self._step_seconds = step_seconds
+
+    def on_text(self, index: int, delta: str) -> None:
+        time.sleep(self._step_seconds)
+        self._inner.on_text(index, delta)
+
+    def is_cancelled(self, index: int) -> bool:
+        return self._inner.is_cancelled(index)
+
+
+class PacedBlip2Model:
+    """The real BLIP-2 wrapper with a fake pace: each streamed step waits ``step_seconds``, so
+    tests can see text arrive over time. Every result is appended to ``record`` as JSON."""
+
+    def __init__(self, config: ModelConfig, step_seconds: float, record: Path) -> None:
+        from serve_app.model import Blip2Model
+
+        self._model = Blip2Model.load(config)
+        self._step_seconds = step_seconds
+        self._record = record
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], observer: GenerationObserver | None = None
+    ) -> list[GenerationResult | Exception]:
+        paced = PacedObserver(observer, self._step_seconds) if observer else None
+        results = self._model.generate(requests, paced)
+        with self._record.open("a") as record:
+            for request, result in zip(requests, results, strict=True):
+                if isinstance(result, GenerationResult):
+                    line = {"text": request.text, "completion_tokens": result.completion_tokens}
+                    record.write(json.dumps(line) + "\n")
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return self._model.describe()
+
+
+def paced_blip2(step_seconds: float, record: Path) -> Callable[[ModelConfig], PacedBlip2Model]:
+    """Model factory for ``build_application``."""
+    return functools.partial(PacedBlip2Model, step_seconds=step_seconds, record=record)

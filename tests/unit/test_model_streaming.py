@@ -1,0 +1,102 @@
+"""Streaming, stop strings, cancellation and seeds in the model wrapper (tiny OPT and T5)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serve_app.config import TINY_RANDOM_OPT, TINY_RANDOM_T5, ModelConfig
+from serve_app.model import Blip2Model
+from serve_app.schemas import GenerationRequest
+from tests.unit.test_model import ok, request
+
+
+class RecordingObserver:
+    """Collects streamed deltas; cancels chosen requests after their first delta."""
+
+    def __init__(self, cancel_after_first: frozenset[int] = frozenset()) -> None:
+        self.deltas: dict[int, list[str]] = defaultdict(list)
+        self._cancel_after_first = cancel_after_first
+
+    def on_text(self, index: int, delta: str) -> None:
+        self.deltas[index].append(delta)
+
+    def is_cancelled(self, index: int) -> bool:
+        return index in self._cancel_after_first and bool(self.deltas.get(index))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("serve-app-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SERVE_APP_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module", params=[TINY_RANDOM_OPT, TINY_RANDOM_T5])
+def model(request: pytest.FixtureRequest, cache_dir: Path) -> Blip2Model:
+    return Blip2Model.load(ModelConfig(model_id=request.param))
+
+
+def streaming(r: GenerationRequest) -> GenerationRequest:
+    return r.model_copy(update={"stream": True})
+
+
+def test_streamed_deltas_add_up_to_the_result_in_a_mixed_batch(model: Blip2Model) -> None:
+    requests = [
+        streaming(request("What?", 0, max_new_tokens=12)),
+        request("How many?", 1, max_new_tokens=12),
+        streaming(request("", 2, task="caption", max_new_tokens=12)),
+        streaming(request("a photo of", 3, task="caption", max_new_tokens=12)),
+    ]
+    observer = RecordingObserver()
+    results = [ok(r) for r in model.generate(requests, observer)]
+    assert set(observer.deltas) == {0, 2, 3}
+    for index in (0, 2, 3):
+        assert "".join(observer.deltas[index]) == results[index].text
+        assert len(observer.deltas[index]) > 1, "the text came in one piece, not as generated"
+    assert results == [ok(model.generate([r])[0]) for r in requests]
+
+
+def test_a_stop_string_ends_the_text_before_it(model: Blip2Model) -> None:
+    free = ok(model.generate([request("Why?", 4, max_new_tokens=16)])[0])
+    words = free.text.split()
+    assert len(words) > 2
+    stop = words[2][:3]
+    cut = free.text[: free.text.index(stop)].strip()
+    observer = RecordingObserver()
+    stopped = ok(
+        model.generate(
+            [streaming(request("Why?", 4, max_new_tokens=16, stop=[stop, "zzzz"]))], observer
+        )[0]
+    )
+    assert stopped.text == cut
+    assert stopped.finish_reason == "stop"
+    assert stopped.completion_tokens < free.completion_tokens
+    assert "".join(observer.deltas[0]) == cut
+
+
+def test_length_is_the_finish_reason_at_max_new_tokens(model: Blip2Model) -> None:
+    result = ok(model.generate([request("What?", 0, max_new_tokens=3)])[0])
+    assert (result.completion_tokens, result.finish_reason) == (3, "length")
+
+
+def test_a_cancelled_request_stops_early_and_the_others_are_unaffected(model: Blip2Model) -> None:
+    requests = [streaming(request(f"What is {i}?", i, max_new_tokens=24)) for i in range(3)]
+    observer = RecordingObserver(cancel_after_first=frozenset({1}))
+    results = [ok(r) for r in model.generate(requests, observer)]
+    alone = [ok(model.generate([r])[0]) for r in requests]
+    assert results[1].completion_tokens < alone[1].completion_tokens
+    assert [results[0], results[2]] == [alone[0], alone[2]]
+
+
+def test_a_seed_makes_sampling_repeatable(model: Blip2Model) -> None:
+    def sample(seed: int) -> str:
+        params = {"do_sample": True, "temperature": 1.5, "max_new_tokens": 12, "seed": seed}
+        return ok(model.generate([request("What?", 0, **params)])[0]).text
+
+    assert sample(7) == sample(7)
+    assert len({sample(seed) for seed in range(4)}) > 1
