@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from serve_app.errors import ServeAppError
+from serve_app.http_metrics import count_error
 from serve_app.openai_schemas import OpenAIErrorResponse
 from serve_app.schemas import ErrorDetail, ErrorResponse
 
@@ -71,25 +72,29 @@ def error_response(
 def install_error_handlers(app: FastAPI) -> None:
     """Map every exception a route can raise to the JSON error shape."""
 
-    async def on_app_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_app_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServeAppError)
+        count_error(request.scope, exc.code)
         if exc.status_code >= 500:
             logger.warning("Request failed: %s (%s)", exc.code, exc.message)
         return error_response(exc.status_code, exc.code, exc.message, exc.param)
 
-    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        count_error(request.scope, "invalid_request")
         errors = exc.errors()
         param = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
         return error_response(422, "invalid_request", "invalid request", param)
 
-    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
+        count_error(request.scope, code)
         return error_response(exc.status_code, code, str(exc.detail))
 
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("Unexpected error", exc_info=exc)
+        count_error(request.scope, "internal_error")
         return error_response(500, "internal_error", "internal server error")
 
     app.add_exception_handler(ServeAppError, on_app_error)

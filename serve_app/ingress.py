@@ -32,7 +32,9 @@ from serve_app.http_errors import (
     install_error_handlers,
     json_error,
 )
+from serve_app.http_metrics import HttpMetricsMiddleware, count_error
 from serve_app.images import decode_upload, load_image
+from serve_app.metrics import IngressMetrics
 from serve_app.model_calls import call_with_retry
 from serve_app.openai_schemas import ChatCompletion, ChatCompletionRequest
 from serve_app.openapi_docs import install_openapi, json_body, request_body
@@ -79,6 +81,7 @@ app = FastAPI(
     redirect_slashes=False,
 )
 install_error_handlers(app)
+app.add_middleware(HttpMetricsMiddleware)
 install_openapi(app, [VQARequest, CaptionRequest, GenerateRequest, ChatCompletionRequest])
 
 
@@ -102,6 +105,8 @@ class Blip2Ingress:
         self._limits = limits
         self._auth = BearerAuth.from_config(auth)
         self._started = int(time.time())
+        self._metrics = IngressMetrics()
+        app.state.metrics = self._metrics
 
     async def vqa(self, request: VQARequest) -> VQAResponse:
         """Answer a question about an image."""
@@ -204,6 +209,7 @@ class Blip2Ingress:
             completion = await self.chat_completions(chat)
             return JSONResponse(completion.model_dump(mode="json"))
         except ServeAppError as error:
+            count_error(request.scope, error.code)
             status, payload = openai_error(error)
             return json_error(status, payload.model_dump())
 
@@ -308,11 +314,19 @@ class Blip2Ingress:
         return await self._deadline(run())
 
     async def _decode(self, image: ImageInput) -> np.ndarray:
+        started = time.perf_counter()
         if isinstance(image, ImageSource):
-            return await load_image(image, self._limits)
-        return await asyncio.to_thread(
-            decode_upload, image.content, image.content_type, self._limits
-        )
+            pixels = await load_image(image, self._limits)
+            size = len(image.data) * 3 // 4 if image.data is not None else None
+        else:
+            pixels = await asyncio.to_thread(
+                decode_upload, image.content, image.content_type, self._limits
+            )
+            size = len(image.content)
+        self._metrics.decode_time.observe(time.perf_counter() - started)
+        if size is not None:
+            self._metrics.image_bytes.observe(size)
+        return pixels
 
     def _check_limits(self, text: str, params: GenerationParams, text_param: str) -> None:
         if len(text) > self._limits.max_prompt_chars:

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, cast
 
 from ray import serve
-from ray.serve.metrics import Histogram
 
 from serve_app.batch_events import BatchEvents, GenerationObserver
 from serve_app.config import BatchingConfig, ModelConfig
 from serve_app.errors import GenerationFailedError, ServeAppError
+from serve_app.metrics import ServerMetrics
 from serve_app.schemas import GenerationRequest, GenerationResult
 
 logger = logging.getLogger("ray.serve")
@@ -81,16 +81,8 @@ class Blip2Server:
         self._batch_sizes: Counter[int] = Counter()
         self._failed_batches_in_a_row = 0
         self._cancelled: set[int] = set()
-        self._batch_size_metric = Histogram(
-            "blip2_batch_size",
-            description="Requests per model batch.",
-            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
-        )
-        self._generate_time_metric = Histogram(
-            "blip2_generate_seconds",
-            description="Wall time of one batched generate call.",
-            boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
-        )
+        self._metrics = ServerMetrics()
+        self._arrivals: dict[int, float] = {}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new batching settings live (Serve calls this on start and on each update)."""
@@ -134,19 +126,25 @@ class Blip2Server:
 
     async def _events(self, request: GenerationRequest) -> AsyncIterator[BatchEvent]:
         """The request's events from its batch; a caller who goes away cancels its share."""
+        self._arrivals[id(request)] = time.perf_counter()
         try:
             async for event in self._generate_batch(request):
                 yield event
         except (asyncio.CancelledError, GeneratorExit):
             self._cancelled.add(id(request))
             raise
+        finally:
+            self._arrivals.pop(id(request), None)
 
     @_batched_generator(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _generate_batch(
         self, requests: list[GenerationRequest]
     ) -> AsyncIterator[list[BatchEvent]]:
         self._batch_sizes[len(requests)] += 1
-        self._batch_size_metric.observe(len(requests))
+        self._metrics.batch_size.observe(len(requests))
+        started = time.perf_counter()
+        for request in requests:
+            self._metrics.queue_wait.observe(started - self._arrivals.get(id(request), started))
         events = BatchEvents(
             asyncio.get_running_loop(),
             len(requests),
@@ -170,13 +168,20 @@ class Blip2Server:
         except Exception:
             logger.exception("Batch of %d failed as a whole", len(requests))
             self._failed_batches_in_a_row += 1
+            self._metrics.failures.inc(len(requests), tags={"code": GenerationFailedError.code})
             failure = GenerationFailedError("the model failed to generate for this request")
             return [failure] * len(requests)
         finally:
             events.close()
-            self._generate_time_metric.observe(time.perf_counter() - started)
+            self._metrics.generate_time.observe(time.perf_counter() - started)
         self._failed_batches_in_a_row = 0
-        return [self._public(result) for result in results]
+        public = [self._public(result) for result in results]
+        for result in public:
+            if isinstance(result, GenerationResult):
+                self._metrics.generated_tokens.inc(result.completion_tokens)
+            else:
+                self._metrics.failures.inc(tags={"code": getattr(result, "code", "error")})
+        return public
 
     @staticmethod
     def _public(result: GenerationResult | Exception) -> GenerationResult | Exception:
