@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Every Ray cluster the tests start or join uses token authentication (Ray's default for local
+# clusters, made explicit so drivers also authenticate to clusters started with `ray start`).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import pytest
 import ray
 from ray import serve
-from ray.cluster_utils import AutoscalingCluster
 
 from tests.cluster.test_multi_node import Load, deploy
 from tests.serve.conftest import free_port
+from tests.support.fake_autoscaler import fake_autoscaling_cluster
 from tests.support.serving import running_replicas, wait_until
 
 
@@ -25,30 +25,29 @@ def gpu_workers() -> int:
 
 
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    cluster = AutoscalingCluster(
-        head_resources={"CPU": 2},
-        worker_node_types={
-            "gpu_worker": {
-                "resources": {"CPU": 0, "GPU": 1, "blip2_gpu": 1},
-                "node_config": {},
-                "min_workers": 0,
-                "max_workers": 2,
-            }
-        },
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    gpu_worker = {
+        "resources": {"CPU": 0, "GPU": 1, "blip2_gpu": 1},
+        "node_config": {},
+        "min_workers": 0,
+        "max_workers": 2,
+    }
+    with fake_autoscaling_cluster(
+        tmp_path_factory.mktemp("autoscaler"),
+        port=free_port(),
+        head_cpus=2,
+        worker_types={"gpu_worker": gpu_worker},
         idle_timeout_minutes=0.1,
-    )
-    cluster.start()
-    try:
-        ray.init("auto", log_to_driver=False)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
+    ) as address:
+        ray.init(address=address, log_to_driver=False)
+        try:
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            with contextlib.suppress(Exception):
+                serve.shutdown()
+            ray.shutdown()
 
 
 def test_load_brings_gpu_workers_and_idleness_takes_them_away(url: str) -> None:
