@@ -25,7 +25,7 @@ from ray.util.state import list_actors
 from tests.serve.conftest import free_port
 from tests.support.fakes import slow_fake_model
 from tests.support.images import image_bytes
-from tests.support.serving import run_app, running_replicas, wait_until
+from tests.support.serving import fast_autoscaling, run_app, running_replicas, wait_until
 
 BODY = {"image": {"data": base64.b64encode(image_bytes(0)).decode()}, "question": "q"}
 GPU_NODE = {"num_cpus": 0, "num_gpus": 1, "resources": {"blip2_gpu": 1}}
@@ -76,15 +76,7 @@ def deploy(min_replicas: int) -> None:
                 "num_gpus": 1,
                 "resources": {"blip2_gpu": 1},
                 "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
-                "autoscaling_config": {
-                    "min_replicas": min_replicas,
-                    "max_replicas": 2,
-                    "target_ongoing_requests": 2,
-                    "upscale_delay_s": 1,
-                    "downscale_delay_s": 3,
-                    "metrics_interval_s": 0.5,
-                    "look_back_period_s": 2,
-                },
+                "autoscaling_config": fast_autoscaling(min_replicas),
             },
             "ingress_deployment": {"num_cpus": 0.1},
         },

@@ -18,7 +18,13 @@ from ray import serve
 
 from tests.support.fakes import slow_fake_model
 from tests.support.images import image_bytes
-from tests.support.serving import APP_NAME, run_app, running_replicas, wait_until
+from tests.support.serving import (
+    APP_NAME,
+    fast_autoscaling,
+    run_app,
+    running_replicas,
+    wait_until,
+)
 
 CLIENTS = 12
 BODY = {"image": {"data": base64.b64encode(image_bytes(0)).decode()}, "question": "q"}
@@ -30,15 +36,7 @@ def test_model_replicas_scale_up_under_load_and_back_down(serve_url: str) -> Non
         {
             "model_deployment": {
                 "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
-                "autoscaling_config": {
-                    "min_replicas": 1,
-                    "max_replicas": 2,
-                    "target_ongoing_requests": 2,
-                    "upscale_delay_s": 1,
-                    "downscale_delay_s": 3,
-                    "metrics_interval_s": 0.5,
-                    "look_back_period_s": 2,
-                },
+                "autoscaling_config": fast_autoscaling(),
             }
         },
     )

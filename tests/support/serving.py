@@ -20,6 +20,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_NAME = "blip2"
 
 
+def fast_autoscaling(min_replicas: int = 1, max_replicas: int = 2) -> dict[str, Any]:
+    """Test-only autoscaling that reacts within seconds (production waits much longer)."""
+    return {
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "target_ongoing_requests": 2,
+        "upscale_delay_s": 1,
+        "downscale_delay_s": 3,
+        "metrics_interval_s": 0.5,
+        "look_back_period_s": 2,
+    }
+
+
 def load_config(name: str = "serve_config.cpu.yaml") -> dict[str, Any]:
     """A copy of one of the repository's Serve config files."""
     loaded: dict[str, Any] = yaml.safe_load((REPO_ROOT / name).read_text())
