@@ -4,7 +4,8 @@
 processor + byte-level BPE tokenizer) and a generation config into a directory, so the tiny
 models go through exactly the same ``from_pretrained`` code path as a real checkpoint.
 ``resolve_builtin`` maps the ``builtin:`` names of :mod:`serve_app.config` to such a directory,
-building it once into a cache.
+building it once into a cache, and ``builtin:shapes-blip2`` to the trained demo checkpoint
+shipped inside the package (see :mod:`serve_app.demo`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ Family = Literal["opt", "t5"]
 
 BUILTIN_PREFIX = "builtin:"
 BUILTINS: dict[str, Family] = {TINY_RANDOM_OPT: "opt", TINY_RANDOM_T5: "t5"}
+DEMO_SHAPES = "builtin:shapes-blip2"
+"""A tiny BLIP-2 trained on the synthetic shapes task of :mod:`serve_app.demo.task`."""
+SHIPPED: dict[str, Path] = {DEMO_SHAPES: Path(__file__).parent / "demo" / "shapes-blip2"}
+"""Builtin names of checkpoints that ship as package data, and their directories."""
 RECIPE_VERSION = 1
 """Bump whenever the build recipe changes, so stale cached builds are not reused."""
 
@@ -249,7 +254,7 @@ def default_cache_dir() -> Path:
 
 
 def resolve_builtin(model_id: str, cache_dir: Path | None = None) -> Path | None:
-    """Return the directory of a builtin tiny model, building it on first use.
+    """Return the directory of a builtin model, building an untrained one on first use.
 
     The build is written to a temporary directory and renamed into place, so concurrent
     replicas never see a partial checkpoint.
@@ -266,9 +271,11 @@ def resolve_builtin(model_id: str, cache_dir: Path | None = None) -> Path | None
     """
     if not model_id.startswith(BUILTIN_PREFIX):
         return None
+    if model_id in SHIPPED:
+        return SHIPPED[model_id]
     family = BUILTINS.get(model_id)
     if family is None:
-        known = ", ".join(sorted(BUILTINS))
+        known = ", ".join(sorted([*BUILTINS, *SHIPPED]))
         raise ValueError(f"unknown builtin model {model_id!r}; known builtin models: {known}")
     root = (cache_dir if cache_dir is not None else default_cache_dir()) / "builtin"
     name = model_id[len(BUILTIN_PREFIX) :]

@@ -84,7 +84,7 @@ def test_vqa_with_every_image_form(url: str, images: StaticServer, reference: Bl
         assert response.status_code == 200, response.text
         payload = response.json()
         assert payload["answer"] == answer
-        assert payload["model"] == "builtin:tiny-random-blip2-opt"
+        assert payload["model"] == "builtin:shapes-blip2"
         usage = payload["usage"]
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
         assert usage["prompt_tokens"] > 0
@@ -134,7 +134,7 @@ def test_models_route_describes_the_loaded_model(url: str) -> None:
     response = requests.get(f"{url}/v1/models", timeout=30)
     assert response.status_code == 200
     (card,) = response.json()["data"]
-    assert card["id"] == "builtin:tiny-random-blip2-opt"
+    assert card["id"] == "builtin:shapes-blip2"
     assert (card["family"], card["dtype"], card["device"]) == ("opt", "float32", "cpu")
     assert card["max_batch_size"] == 16
     assert card["limits"]["max_body_bytes"] == MAX_BODY_BYTES
