@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import logging
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
@@ -46,11 +47,13 @@ from serve_app.url_fetch import (
 )
 
 __all__ = [
+    "ModelImageInput",
     "check_url_allowed",
     "decode_base64_image",
     "decode_image",
     "decode_upload",
     "fetch_image_url",
+    "fit_to_model_input",
     "is_public_address",
     "load_image",
 ]
@@ -176,6 +179,38 @@ async def load_image(source: ImageSource, limits: LimitsConfig) -> NDArray[np.ui
 
 def _decode_data(data: str, limits: LimitsConfig) -> NDArray[np.uint8]:
     return decode_image(decode_base64_image(data, limits, "image.data"), limits, "image.data")
+
+
+@dataclass(frozen=True)
+class ModelImageInput:
+    """The fixed size a model's image processor resizes every image to, and Pillow's filter.
+
+    A model reports it (``describe()["image_input"]``) only when resizing with Pillow, with
+    that filter, gives exactly the pixels its own processor makes.
+    """
+
+    width: int
+    height: int
+    resample: int
+
+    @classmethod
+    def from_description(cls, described: dict[str, Any]) -> ModelImageInput | None:
+        """Read it from a model replica's ``describe()``; None if the model reports none."""
+        value = described.get("image_input")
+        return None if value is None else cls(**value)
+
+
+def fit_to_model_input(image: NDArray[np.uint8], target: ModelImageInput) -> NDArray[np.uint8]:
+    """Resize an RGB array to the model's input as its image processor would; CPU work.
+
+    The model then sees the same pixels (resizing an image to its own size changes nothing),
+    while the array sent to the model replica shrinks, e.g. from 2.4 MB to 3 KB.
+    """
+    if image.shape[:2] == (target.height, target.width):
+        return image
+    resample = Image.Resampling(target.resample)
+    resized = Image.fromarray(image).resize((target.width, target.height), resample=resample)
+    return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8))
 
 
 def _open_header(raw: bytes, param: str) -> ImageFile.ImageFile:

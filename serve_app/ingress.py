@@ -33,7 +33,7 @@ from serve_app.http_errors import (
     json_error,
 )
 from serve_app.http_metrics import HttpMetricsMiddleware, count_error
-from serve_app.images import decode_upload, load_image
+from serve_app.images import ModelImageInput, decode_upload, fit_to_model_input, load_image
 from serve_app.metrics import IngressMetrics
 from serve_app.model_calls import call_with_retry
 from serve_app.openai_schemas import ChatCompletion, ChatCompletionRequest
@@ -107,6 +107,8 @@ class Blip2Ingress:
         self._started = int(time.time())
         self._metrics = IngressMetrics()
         app.state.metrics = self._metrics
+        self._image_input: ModelImageInput | None = None
+        self._image_input_known = False
 
     async def vqa(self, request: VQARequest) -> VQAResponse:
         """Answer a question about an image."""
@@ -131,6 +133,7 @@ class Blip2Ingress:
     async def models(self) -> ModelList:
         """Describe the served model, its limits and its live batching settings."""
         described: dict[str, Any] = await call_with_retry(self._model.describe.remote)
+        described.pop("image_input", None)
         limits = ModelLimits(
             default_max_new_tokens=self._model_config.default_max_new_tokens,
             max_new_tokens_limit=self._model_config.max_new_tokens_limit,
@@ -326,7 +329,22 @@ class Blip2Ingress:
         self._metrics.decode_time.observe(time.perf_counter() - started)
         if size is not None:
             self._metrics.image_bytes.observe(size)
+        target = await self._model_image_input()
+        if target is not None:
+            pixels = await asyncio.to_thread(fit_to_model_input, pixels, target)
         return pixels
+
+    async def _model_image_input(self) -> ModelImageInput | None:
+        """The model's image input size, asked of a replica once; None: send images as decoded.
+
+        Resizing here, exactly as the model's processor would, sends the model replica a small
+        array instead of the full image and takes the resize off the replica's CPU.
+        """
+        if not self._image_input_known:
+            described = await call_with_retry(self._model.describe.remote)
+            self._image_input = ModelImageInput.from_description(described)
+            self._image_input_known = True
+        return self._image_input
 
     def _check_limits(self, text: str, params: GenerationParams, text_param: str) -> None:
         if len(text) > self._limits.max_prompt_chars:

@@ -130,14 +130,35 @@ class Blip2Model:
         return self._num_query_tokens
 
     def describe(self) -> dict[str, Any]:
-        """What is loaded: source, family, dtype, device and number of query tokens."""
+        """What is loaded: source, family, dtype, device, query tokens and the image input."""
         return {
             "source": self._source,
             "family": self.family,
             "dtype": self.dtype,
             "device": self.device,
             "num_query_tokens": self.num_query_tokens,
+            "image_input": self.image_input(),
         }
+
+    def image_input(self) -> dict[str, int] | None:
+        """The size every image is resized to and Pillow's filter, if resizing elsewhere is exact.
+
+        That is so when the image processor is Pillow-based, resizes to a fixed size and does
+        not crop: the ingress can then resize with Pillow and the processor's own resize of an
+        image already at that size changes nothing. Otherwise None.
+        """
+        processor = self._processor.image_processor
+        size = getattr(processor, "size", None)
+        height, width = getattr(size, "height", None), getattr(size, "width", None)
+        if (
+            getattr(processor, "backend", None) != "pil"
+            or not getattr(processor, "do_resize", False)
+            or getattr(processor, "do_center_crop", False)
+            or not height
+            or not width
+        ):
+            return None
+        return {"width": int(width), "height": int(height), "resample": int(processor.resample)}
 
     def build_prompt(self, task: Task, text: str) -> str:
         """The text the language model sees for ``task`` (VQA uses the configured template)."""

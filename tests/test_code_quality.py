@@ -10,7 +10,16 @@ import pytest
 from tests.support.serving import REPO_ROOT
 
 CHECKS = {
-    "ruff lint": [sys.executable, "-m", "ruff", "check", "serve_app", "tests", "examples"],
+    "ruff lint": [
+        sys.executable,
+        "-m",
+        "ruff",
+        "check",
+        "serve_app",
+        "tests",
+        "examples",
+        "benchmarks",
+    ],
     "ruff format": [
         sys.executable,
         "-m",
@@ -20,6 +29,7 @@ CHECKS = {
         "serve_app",
         "tests",
         "examples",
+        "benchmarks",
     ],
     "mypy": [sys.executable, "-m", "mypy"],
 }

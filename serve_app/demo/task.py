@@ -35,7 +35,7 @@ IMAGE_SIZE = 64
 MAX_OBJECTS = 4
 MIN_SIZE, MAX_SIZE = 12, 22
 _MARGIN = 2
-_GAP = 4
+_GAP = 2
 
 WORDS: tuple[str, ...] = (
     *COLORS,

@@ -37,7 +37,7 @@ IGNORE = -100
 class Settings:
     """Optimisation and data settings of a training run."""
 
-    steps: int = 15000
+    steps: int = 10000
     scenes_per_batch: int = 32
     learning_rate: float = 5e-4
     warmup_steps: int = 300

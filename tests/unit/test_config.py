@@ -73,7 +73,7 @@ def test_builder_builds_the_two_deployment_graph() -> None:
     app = call_user_app_builder_with_args_if_necessary(build_app, {})
     ingress = app._bound_deployment
     assert ingress.name == "Blip2Ingress"
-    (server_app, _, _) = ingress.init_args
+    server_app = ingress.init_args[0]
     server = server_app._bound_deployment
     assert server.name == "Blip2Server"
     assert server.ray_actor_options["num_gpus"] == 1

@@ -152,6 +152,7 @@ def test_load_by_builtin_name_uses_the_cache(model: Blip2Model, cache_dir: Path)
         "dtype": "float32",
         "device": "cpu",
         "num_query_tokens": 4,
+        "image_input": {"width": 32, "height": 32, "resample": 3},
     }
     assert model.config.model_id == BUILTINS[model.family]
 

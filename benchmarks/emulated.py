@@ -1,0 +1,87 @@
+"""``EmulatedAcceleratorModel``: a stand-in model whose batch costs a known time, CPU-free.
+
+A batch of ``n`` takes ``fixed_ms + per_item_ms * n`` and waits in ``time.sleep`` inside the
+generation thread, as a thread waiting on a GPU does, so the service around it is measured
+against an exact limit: one replica serves at most ``max_batch_size / batch_seconds`` per second.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serve_app.batch_events import GenerationObserver
+from serve_app.config import ModelConfig
+from serve_app.schemas import GenerationRequest, GenerationResult
+
+
+@dataclass(frozen=True)
+class BatchCost:
+    """The time one batch takes: ``fixed_ms + per_item_ms * batch_size``."""
+
+    fixed_ms: float = 40.0
+    per_item_ms: float = 2.0
+
+    def seconds(self, batch_size: int) -> float:
+        """Seconds a batch of ``batch_size`` takes."""
+        return (self.fixed_ms + self.per_item_ms * batch_size) / 1000
+
+    def limit_rps(self, max_batch_size: int, replicas: int = 1) -> float:
+        """The most requests per second ``replicas`` can serve: full batches back to back."""
+        return replicas * max_batch_size / self.seconds(max_batch_size)
+
+
+class EmulatedAcceleratorModel:
+    """A model whose batches sleep for a known time and answer with the request's text.
+
+    Each replica appends the size of every batch to ``<record_dir>/<pid>.txt``, so a benchmark
+    sees the batches of every replica (see :func:`recorded_batch_sizes`).
+    """
+
+    def __init__(self, config: ModelConfig, cost: BatchCost, record_dir: Path) -> None:
+        self._config = config
+        self._cost = cost
+        self._record = record_dir / f"{os.getpid()}.txt"
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], observer: GenerationObserver | None = None
+    ) -> list[GenerationResult | Exception]:
+        """Wait the batch's time without using the CPU, then answer every request."""
+        time.sleep(self._cost.seconds(len(requests)))
+        with self._record.open("a") as record:
+            record.write(f"{len(requests)}\n")
+        return [
+            GenerationResult(text=f"emulated:{r.text}", prompt_tokens=1, completion_tokens=1)
+            for r in requests
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """What a model replica describes; the device is named as emulated."""
+        return {
+            "source": "emulated-accelerator",
+            "family": "opt",
+            "dtype": "float16",
+            "device": "emulated",
+            "num_query_tokens": 32,
+        }
+
+
+def emulated_model(
+    cost: BatchCost, record_dir: Path
+) -> Callable[[ModelConfig], EmulatedAcceleratorModel]:
+    """A model factory for ``build_application``."""
+    return functools.partial(EmulatedAcceleratorModel, cost=cost, record_dir=record_dir)
+
+
+def recorded_batch_sizes(record_dir: Path) -> dict[str, Counter[int]]:
+    """Batch sizes each replica (by process id) has recorded so far."""
+    return {
+        path.stem: Counter(int(line) for line in path.read_text().split())
+        for path in sorted(record_dir.glob("*.txt"))
+    }

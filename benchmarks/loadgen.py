@@ -1,0 +1,215 @@
+"""Async HTTP load generator: closed-loop concurrency or open-loop Poisson arrivals.
+
+Every run is bounded twice, by a request count and by a time limit, and stops by itself. It
+talks to loopback addresses only. Latency is measured per request from the moment it was due
+(its arrival time in an open loop), so a server that falls behind is not flattered by a
+client that waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+from tqdm import tqdm
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+GRACE_S = 60.0
+"""How long an open loop waits for requests still in flight after its time limit."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request to send: a path and a prepared body."""
+
+    path: str
+    body: bytes
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Load:
+    """A load shape: ``concurrency`` clients in a closed loop, or ``rate`` arrivals per second."""
+
+    concurrency: int | None = None
+    rate: float | None = None
+    max_requests: int = 500
+    time_limit_s: float = 30.0
+    warmup_requests: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.concurrency is None) == (self.rate is None):
+            raise ValueError("give exactly one of concurrency or rate")
+
+    @property
+    def label(self) -> str:
+        """``c16`` for 16 concurrent clients, ``r50`` for 50 arrivals per second."""
+        return f"c{self.concurrency}" if self.concurrency is not None else f"r{self.rate:g}"
+
+
+@dataclass
+class LoadResult:
+    """What one load run measured."""
+
+    load: Load
+    duration_s: float = 0.0
+    statuses: Counter[str] = field(default_factory=Counter)
+    latencies_s: list[float] = field(default_factory=list)
+
+    @property
+    def ok(self) -> int:
+        """Requests answered with 200."""
+        return self.statuses["200"]
+
+    @property
+    def throughput(self) -> float:
+        """Successful requests per second over the run."""
+        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        """Latency percentile ``q`` (0-100) of the successful requests, in milliseconds."""
+        if not self.latencies_s:
+            return float("nan")
+        return float(np.percentile(self.latencies_s, q) * 1000)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures: throughput, latency percentiles and every status seen."""
+        load = self.load
+        return {
+            "mode": "closed" if load.concurrency is not None else "open",
+            "concurrency": load.concurrency,
+            "rate": load.rate,
+            "requests": sum(self.statuses.values()),
+            "ok": self.ok,
+            "duration_s": round(self.duration_s, 3),
+            "throughput_rps": round(self.throughput, 2),
+            "p50_ms": round(self.percentile_ms(50), 1),
+            "p90_ms": round(self.percentile_ms(90), 1),
+            "p99_ms": round(self.percentile_ms(99), 1),
+            "mean_ms": round(float(np.mean(self.latencies_s)) * 1000, 1)
+            if self.latencies_s
+            else float("nan"),
+            "statuses": dict(sorted(self.statuses.items())),
+        }
+
+
+def check_loopback(base_url: str) -> None:
+    """Refuse anything but a loopback address: benchmarks never load another machine."""
+    host = urlsplit(base_url).hostname
+    if host not in LOOPBACK_HOSTS:
+        raise ValueError(f"the load generator only targets loopback addresses, not {host!r}")
+
+
+Sender = Callable[[Call], Awaitable[str]]
+"""Sends one call and returns its status: ``"200"``, ``"503"``... or an error's name."""
+
+
+def run_load(base_url: str, calls: Sequence[Call], load: Load, title: str = "") -> LoadResult:
+    """Run ``load`` over HTTP against ``base_url`` (after its warm-up)."""
+    check_loopback(base_url)
+    return asyncio.run(_over_http(base_url, calls, load, title or load.label))
+
+
+async def _over_http(base_url: str, calls: Sequence[Call], load: Load, title: str) -> LoadResult:
+    connections = load.concurrency or min(load.max_requests, 1000)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    timeout = httpx.Timeout(120.0, connect=10.0)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+
+        async def send(call: Call) -> str:
+            try:
+                response = await client.post(
+                    call.path, content=call.body, headers={"content-type": call.content_type}
+                )
+            except httpx.HTTPError as error:
+                return type(error).__name__
+            return str(response.status_code)
+
+        return await drive(send, calls, load, title)
+
+
+async def drive(send: Sender, calls: Sequence[Call], load: Load, title: str) -> LoadResult:
+    """Run ``load`` through ``send``: the warm-up (not recorded), then the measured run."""
+    if load.warmup_requests:
+        warmup = Load(
+            concurrency=load.concurrency or 4,
+            max_requests=load.warmup_requests,
+            time_limit_s=load.time_limit_s,
+        )
+        await _closed_loop(send, calls, warmup, LoadResult(warmup), None)
+    result = LoadResult(load)
+    with tqdm(total=load.max_requests, desc=title, unit="req", leave=False) as bar:
+        if load.concurrency is not None:
+            await _closed_loop(send, calls, load, result, bar)
+        else:
+            await _open_loop(send, calls, load, result, bar)
+    return result
+
+
+async def _timed(
+    send: Sender, call: Call, due: float, result: LoadResult, bar: tqdm[Any] | None
+) -> None:
+    status = await send(call)
+    result.statuses[status] += 1
+    if status == "200":
+        result.latencies_s.append(time.perf_counter() - due)
+    if bar is not None:
+        bar.update()
+
+
+async def _closed_loop(
+    send: Sender,
+    calls: Sequence[Call],
+    load: Load,
+    result: LoadResult,
+    bar: tqdm[Any] | None,
+) -> None:
+    assert load.concurrency is not None
+    started = time.perf_counter()
+    deadline = started + load.time_limit_s
+    issued = 0
+
+    async def client_loop() -> None:
+        nonlocal issued
+        while issued < load.max_requests and time.perf_counter() < deadline:
+            call = calls[issued % len(calls)]
+            issued += 1
+            await _timed(send, call, time.perf_counter(), result, bar)
+
+    await asyncio.gather(*(client_loop() for _ in range(load.concurrency)))
+    result.duration_s = time.perf_counter() - started
+
+
+async def _open_loop(
+    send: Sender,
+    calls: Sequence[Call],
+    load: Load,
+    result: LoadResult,
+    bar: tqdm[Any] | None,
+) -> None:
+    assert load.rate is not None
+    arrivals = random.Random(0)
+    started = time.perf_counter()
+    due = started
+    tasks: list[asyncio.Task[None]] = []
+    for issued in range(load.max_requests):
+        due += arrivals.expovariate(load.rate)
+        if due - started > load.time_limit_s:
+            break
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        call = calls[issued % len(calls)]
+        tasks.append(asyncio.create_task(_timed(send, call, due, result, bar)))
+    done, pending = await asyncio.wait(tasks, timeout=GRACE_S) if tasks else (set(), set())
+    for task in pending:
+        task.cancel()
+    if pending:
+        result.statuses["unfinished"] += len(pending)
+    result.duration_s = time.perf_counter() - started if done else 0.0

@@ -1,0 +1,139 @@
+"""A private local Ray + Serve for one benchmark run, and the application deployed on it.
+
+Ray is always started fresh (``address="local"``), never joined, with logical GPUs declared
+so the GPU-pinned model replica schedules on a CPU machine; deployments take no CPU resource,
+as in the tests, so they fit a 2-core machine. Application args start from
+``serve_config.cpu.yaml`` with fixed replica counts (no autoscaling while measuring).
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from benchmarks import procs
+from serve_app.app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, build_application
+from serve_app.config import TINY_RANDOM_OPT, AppConfig
+from serve_app.server import ModelFactory
+
+APP_NAME = "blip2"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CPU_CONFIG = REPO_ROOT / "serve_config.cpu.yaml"
+DEFAULT_MODEL = TINY_RANDOM_OPT
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def local_serve(num_gpus: int = 2) -> Iterator[str]:
+    """Start a private Ray (``num_gpus`` logical GPUs) and Serve; yield Serve's base URL."""
+    ray.init(
+        address="local",
+        num_cpus=4,
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+
+
+def app_args(
+    model_id: str = DEFAULT_MODEL,
+    max_batch_size: int = 16,
+    batch_wait_timeout_s: float = 0.01,
+    replicas: int = 1,
+) -> dict[str, Any]:
+    """The CPU config's application args with the given model, batching and replica count."""
+    config = yaml.safe_load(CPU_CONFIG.read_text())
+    args: dict[str, Any] = copy.deepcopy(config["applications"][0]["args"])
+    args["model"]["model_id"] = model_id
+    fixed = {"min_replicas": replicas, "max_replicas": replicas}
+    args["model_deployment"].update(
+        num_gpus=1,
+        num_cpus=0,
+        autoscaling_config=fixed,
+        max_ongoing_requests=max(2 * max_batch_size, 8),
+        batching={"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s},
+    )
+    args["ingress_deployment"].update(num_cpus=0)
+    return args
+
+
+def deploy(args: dict[str, Any], model_factory: ModelFactory | None = None) -> None:
+    """Deploy (or update in place) the application and wait until it runs."""
+    config = AppConfig.model_validate(args)
+    serve.run(build_application(config, model_factory), name=APP_NAME, route_prefix="/")
+
+
+def batch_size_counts() -> Counter[int]:
+    """Batches of each size the model replica has run so far (one replica: the one answering)."""
+    handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, APP_NAME)
+    counts: dict[int, int] = handle.batch_size_counts.remote().result()
+    return Counter(counts)
+
+
+def deploy_config(args: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float) -> None:
+    """Deploy like ``serve deploy`` does; a change of batching alone is applied live.
+
+    Batching is the model deployment's ``user_config``: running replicas are reconfigured,
+    not restarted. Waits until the model replica reports the new settings.
+    """
+    batching = {"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s}
+    schema = ServeDeploySchema.model_validate(
+        {
+            "applications": [
+                {
+                    "name": APP_NAME,
+                    "route_prefix": "/",
+                    "import_path": "serve_app.app:build_app",
+                    "args": args,
+                    "deployments": [{"name": MODEL_DEPLOYMENT, "user_config": batching}],
+                }
+            ]
+        }
+    )
+    client = serve.context._get_global_client()
+    if client is None:
+        raise RuntimeError("Serve is not running")
+    client.deploy_apps(schema)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(APP_NAME)
+        if status is not None and status.status.value == "RUNNING":
+            handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, APP_NAME)
+            described = handle.describe.remote().result()
+            if all(described[key] == value for key, value in batching.items()):
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"the application did not run with batching {batching} in time")
+
+
+def serve_pids() -> dict[str, list[int]]:
+    """Process ids of this Ray's proxy, ingress replicas and model replicas."""
+    return {
+        "proxy": procs.descendants("ray::ProxyActor"),
+        "ingress": procs.descendants(f"ray::ServeReplica:{APP_NAME}:{INGRESS_DEPLOYMENT}"),
+        "model": procs.descendants(f"ray::ServeReplica:{APP_NAME}:{MODEL_DEPLOYMENT}"),
+    }

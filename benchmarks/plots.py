@@ -1,0 +1,227 @@
+"""One PNG per scenario, drawn from its result (matplotlib, ``Agg``: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+Point = dict[str, Any]
+
+
+def _save(figure: Any, path: Path, title: str) -> None:
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def _label(value: float, axes: Axes, x: float, fmt: str = "{:.0f}") -> None:
+    axes.annotate(fmt.format(value), (x, value), ha="center", va="bottom", fontsize=8)
+
+
+def batching(result: dict[str, Any], path: Path) -> None:
+    """Throughput, latency and achieved batch size against ``max_batch_size``, per wait."""
+    figure, (rate, latency, size) = plt.subplots(1, 3, figsize=(13, 4))
+    waits = sorted({p["batch_wait_timeout_s"] for p in result["points"]})
+    for wait in waits:
+        points = [p for p in result["points"] if p["batch_wait_timeout_s"] == wait]
+        sizes = [p["max_batch_size"] for p in points]
+        rate.plot(sizes, [p["throughput_rps"] for p in points], "o-", label=f"wait {wait:g} s")
+        latency.plot(sizes, [p["p50_ms"] for p in points], "o-", label=f"p50, wait {wait:g} s")
+        latency.plot(sizes, [p["p99_ms"] for p in points], "x--", label=f"p99, wait {wait:g} s")
+        size.plot(sizes, [p["mean_batch_size"] for p in points], "o-", label=f"wait {wait:g} s")
+    size.plot([1, 16], [1, 16], ":", color="grey", label="full batches")
+    all_sizes = sorted({p["max_batch_size"] for p in result["points"]})
+    for axes, ylabel in ((rate, "requests/s"), (latency, "latency (ms)"), (size, "mean batch")):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(all_sizes, [str(s) for s in all_sizes])
+        axes.set_xlabel("max_batch_size")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    rate.set_title("throughput")
+    latency.set_title("latency")
+    size.set_title("achieved batch size")
+    _save(figure, path, f"Batching at concurrency {result['concurrency']} ({result['model']})")
+
+
+def grouped_bars(
+    axes: Axes, labels: Sequence[str], series: Mapping[str, Sequence[float]], fmt: str = "{:.0f}"
+) -> None:
+    """Bars per label, one colour per series, each bar labelled with its value."""
+    width = 0.8 / max(1, len(series))
+    for offset, (name, values) in enumerate(series.items()):
+        xs = [i + (offset - (len(series) - 1) / 2) * width for i in range(len(labels))]
+        axes.bar(xs, values, width, label=name)
+        for x, value in zip(xs, values, strict=True):
+            _label(value, axes, x, fmt)
+    axes.set_xticks(range(len(labels)), labels, fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=7)
+
+
+def overhead(result: dict[str, Any], path: Path) -> None:
+    """In process against the service: throughput and median latency per case."""
+    figure, (rate, latency) = plt.subplots(1, 2, figsize=(12, 4))
+    points = result["points"]
+    labels = [f"c{p['concurrency']}, wait {p['batch_wait_timeout_s']:g} s" for p in points]
+    for axes, key, ylabel in ((rate, "throughput_rps", "requests/s"), (latency, "p50_ms", "ms")):
+        series = {
+            "in process": [p["in_process"][key] for p in points],
+            "service over HTTP": [p["service"][key] for p in points],
+        }
+        grouped_bars(axes, labels, series)
+        axes.set_ylabel(ylabel)
+    rate.set_title("throughput")
+    latency.set_title("median latency")
+    _save(figure, path, f"Same model and batch policy: in process vs service ({result['model']})")
+
+
+def accelerator(result: dict[str, Any], path: Path) -> None:
+    """Achieved throughput against the limit per wait and replica count; Poisson latency."""
+    figure, (rate, latency) = plt.subplots(1, 2, figsize=(13, 4.5))
+    saturation = result["saturation"]
+    for replicas in sorted({p["replicas"] for p in saturation}):
+        points = [p for p in saturation if p["replicas"] == replicas]
+        waits = [p["batch_wait_timeout_s"] for p in points]
+        shares = [p["achieved_vs_limit"] * 100 for p in points]
+        rate.plot(waits, shares, "o-", label=f"{replicas} replica(s)")
+        for wait, share, point in zip(waits, shares, points, strict=True):
+            note = f"{share:.0f}%, batch {point['mean_batch_size']:g}"
+            rate.annotate(
+                note, (wait, share), textcoords="offset points", xytext=(0, 6), fontsize=7
+            )
+    rate.axhline(90, color="grey", linestyle=":", label="90% goal")
+    rate.set_xscale("log")
+    rate.set_ylim(0, 105)
+    rate.set_xlabel("batch_wait_timeout_s")
+    rate.set_ylabel("achieved throughput, % of the replicas' limit")
+    rate.set_title("saturated (3 full batches queued per replica)")
+    rate.grid(alpha=0.3)
+    rate.legend(fontsize=7)
+    open_loop = result["open_loop_one_replica"]
+    offered = [p["offered_vs_limit"] * 100 for p in open_loop["points"]]
+    for key, style in (("p50_ms", "o-"), ("p90_ms", "s-"), ("p99_ms", "x--")):
+        values = [p[key] for p in open_loop["points"]]
+        latency.plot(offered, values, style, label=key.removesuffix("_ms"))
+    latency.set_xlabel("offered load (% of one replica's limit, Poisson arrivals)")
+    latency.set_ylabel("latency (ms)")
+    latency.set_title(f"one replica, open loop, wait {open_loop['batch_wait_timeout_s']:g} s")
+    latency.grid(alpha=0.3)
+    latency.legend(fontsize=7)
+    _save(figure, path, f"Emulated accelerator: a batch of n takes {result['batch_cost_ms']} ms")
+
+
+def baseline(result: dict[str, Any], path: Path) -> None:
+    """Throughput and p99 latency against concurrency, the service and the baseline."""
+    figure, (rate, latency) = plt.subplots(1, 2, figsize=(12, 4))
+    for name, points in result["servers"].items():
+        levels = [p["concurrency"] for p in points]
+        rate.plot(levels, [p["throughput_rps"] for p in points], "o-", label=name)
+        latency.plot(levels, [p["p99_ms"] for p in points], "o-", label=f"{name} p99")
+        latency.plot(levels, [p["p50_ms"] for p in points], "x:", label=f"{name} p50")
+    for axes, ylabel in ((rate, "requests/s"), (latency, "latency (ms)")):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(levels, [str(level) for level in levels])
+        axes.set_xlabel("concurrent clients")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    rate.set_title("throughput")
+    latency.set_title("latency")
+    _save(figure, path, f"Service vs a hand-rolled FastAPI server ({result['model']})")
+
+
+def cold_start(result: dict[str, Any], path: Path) -> None:
+    """One stacked horizontal bar per trial: the phases from ``serve run`` to the first 200."""
+    trials = result["trials"]
+    figure, axes = plt.subplots(figsize=(12, 2.4 + 0.6 * len(trials)))
+    names = list(trials[0]["phases_s"])
+    colours = [matplotlib.colormaps["tab10"](index) for index in range(10)]
+    for row, trial in enumerate(trials):
+        left = 0.0
+        for index, name in enumerate(names):
+            seconds = max(0.0, trial["phases_s"][name])
+            axes.barh(
+                row, seconds, left=left, color=colours[index], label=name if row == 0 else None
+            )
+            if seconds >= 0.6:
+                axes.text(
+                    left + seconds / 2, row, f"{seconds:.1f}", ha="center", va="center", fontsize=8
+                )
+            left += seconds
+        axes.text(left + 0.2, row, f"{trial['total_s']:.1f} s", va="center", fontsize=9)
+    axes.set_yticks(range(len(trials)), [t["trial"] for t in trials])
+    axes.set_xlabel("seconds from `serve run` to the first 200")
+    axes.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.45))
+    axes.grid(axis="x", alpha=0.3)
+    _save(figure, path, f"Cold start of {result['config']} ({result['model']})")
+
+
+def _stacked(
+    axes: Axes, labels: Sequence[str], parts: Sequence[dict[str, float]], colours: dict[str, Any]
+) -> None:
+    """One horizontal stacked bar per label; each part's colour is fixed by its name."""
+    for row, segments in enumerate(parts):
+        left = 0.0
+        for name, value in segments.items():
+            axes.barh(row, value, left=left, color=colours[name], label=name)
+            left += value
+        axes.text(left, row, f" {left:.1f}", va="center", fontsize=8)
+    axes.set_yticks(range(len(labels)), labels, fontsize=8)
+    axes.invert_yaxis()
+    handles, names = axes.get_legend_handles_labels()
+    unique = dict(zip(names, handles, strict=True))
+    axes.legend(
+        unique.values(),
+        unique.keys(),
+        fontsize=7,
+        ncol=2,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+    )
+    axes.grid(axis="x", alpha=0.3)
+
+
+def profile(result: dict[str, Any], path: Path) -> None:
+    """CPU per request by process and by kind of work, and throughput, per variant."""
+    variants = result["variants"]
+    figure, (processes, work, rate) = plt.subplots(
+        1, 3, figsize=(17, 6.5), gridspec_kw={"width_ratios": [1.1, 1.5, 0.8]}
+    )
+    palette = (matplotlib.colormaps["tab20"](index) for index in range(20))
+    roles = list(variants[0]["cpu_ms_per_request"])
+    kinds = sorted(
+        {k for v in variants for split in v["split_ms_per_request"].values() for k in split}
+    )
+    colours = {name: next(palette) for name in [*roles, *kinds]}
+    _stacked(
+        processes,
+        [v["variant"] for v in variants],
+        [v["cpu_ms_per_request"] for v in variants],
+        colours,
+    )
+    processes.set_xlabel("CPU ms per request")
+    processes.set_title("by process")
+    labels, parts = [], []
+    for variant in variants:
+        for role, split in variant["split_ms_per_request"].items():
+            if role != "Serve proxy":
+                labels.append(f"{variant['variant']}: {role}")
+                parts.append(split)
+    _stacked(work, labels, parts, colours)
+    work.set_xlabel("CPU ms per request (py-spy shares x process CPU)")
+    work.set_title("ingress and model replica, by kind of work")
+    names = [v["variant"].replace(", ", "\n") for v in variants]
+    grouped_bars(rate, names, {"requests/s": [v["load"]["throughput_rps"] for v in variants]})
+    rate.set_title(f"throughput at concurrency {result['concurrency']}")
+    _save(figure, path, f"Where the time goes ({result['model']})")

@@ -1,0 +1,52 @@
+"""Run a benchmark scenario: ``python -m benchmarks.run <scenario> [--quick]``.
+
+Each scenario starts what it measures (its own local Ray, the baseline server, ``serve run``)
+and stops it, and writes ``benchmarks/results/<scenario>.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+from benchmarks.report import wait_until_quiet
+from benchmarks.settings import RESULTS_DIR, Settings
+
+SCENARIOS = {
+    "batching": "max_batch_size 1-16 and the wait timeout at concurrency 16 (CPU model)",
+    "overhead": "the same model and batch policy in process vs through the service",
+    "accelerator": "emulated accelerator: achieved vs exact throughput limit, 1 and 2 replicas",
+    "baseline": "the service vs a single-process FastAPI + uvicorn server at 1, 4, 16 clients",
+    "cold-start": "from `serve run` to the first 200, split into phases",
+    "profile": "where the CPU goes under load; resizing in the ingress before and after",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    parser.add_argument("--quick", action="store_true", help="a few requests and seconds each")
+    parser.add_argument("--model", default=Settings.model_id, help="model for CPU scenarios")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="output folder")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="MINUTES",
+        help="first wait up to this long for other processes to leave the CPU idle",
+    )
+    args = parser.parse_args(argv)
+    if args.wait_quiet:
+        wait_until_quiet(args.wait_quiet * 60)
+    settings = Settings(results_dir=args.results, model_id=args.model, quick=args.quick)
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    for name in names:
+        module = importlib.import_module(f"benchmarks.scenarios.{name.replace('-', '_')}")
+        result = module.run(settings)
+        print(json.dumps({name: result["headline"]}, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
