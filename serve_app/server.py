@@ -178,7 +178,8 @@ class Blip2Server:
         public = [self._public(result) for result in results]
         for result in public:
             if isinstance(result, GenerationResult):
-                self._metrics.generated_tokens.inc(result.completion_tokens)
+                if result.completion_tokens:  # Ray counters refuse an increment of 0
+                    self._metrics.generated_tokens.inc(result.completion_tokens)
             else:
                 self._metrics.failures.inc(tags={"code": getattr(result, "code", "error")})
         return public
