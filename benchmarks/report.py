@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from collections import Counter
@@ -99,6 +100,22 @@ def batch_figures(batches: Counter[int]) -> dict[str, Any]:
     total = sum(sizes.values())
     mean = sum(size * count for size, count in sizes.items()) / total if total else 0.0
     return {"batch_sizes": sizes, "mean_batch_size": round(mean, 2)}
+
+
+def mean_of_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Load summaries of one setting from several rounds as one: the mean of each figure,
+    every status seen, and each round's throughput."""
+    merged = dict(rounds[0])
+    for key in ("duration_s", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "mean_ms"):
+        merged[key] = round(statistics.fmean(summary[key] for summary in rounds), 2)
+    for key in ("requests", "ok"):
+        merged[key] = sum(summary[key] for summary in rounds)
+    statuses: Counter[str] = Counter()
+    for summary in rounds:
+        statuses.update(summary["statuses"])
+    merged["statuses"] = dict(sorted(statuses.items()))
+    merged["throughput_rps_by_round"] = [summary["throughput_rps"] for summary in rounds]
+    return merged
 
 
 def write_result(results_dir: Path, name: str, result: dict[str, Any]) -> Path:

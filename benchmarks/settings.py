@@ -18,6 +18,11 @@ class Settings:
     model_id: str = "builtin:tiny-random-blip2-opt"
     quick: bool = False
 
+    @property
+    def rounds(self) -> int:
+        """How often each setting is measured, interleaved with the others (drift evens out)."""
+        return 1 if self.quick else 2
+
     def load(
         self,
         concurrency: int | None = None,

@@ -1,8 +1,9 @@
 """The service against the server a user writes first (``benchmarks.baseline_server``).
 
 Both serve the same model to the same ``POST /v1/vqa`` bodies at the same concurrency levels;
-the service runs with the CPU config's batching and with a longer batch wait. They run one
-after the other, never side by side, so neither takes the other's CPU.
+the service runs with the CPU config's batching and with a longer batch wait. Both are up
+for the whole run but only one is loaded at a time (the other idles), and the measurements
+alternate for two rounds, so a drift in the machine's speed weighs on both alike.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from benchmarks import plots
 from benchmarks.loadgen import run_load
 from benchmarks.local_serve import REPO_ROOT, app_args, deploy_config, free_port, local_serve
 from benchmarks.payloads import vqa_calls
-from benchmarks.report import Contention, machine, write_result
+from benchmarks.report import Contention, machine, mean_of_rounds, write_result
 from benchmarks.settings import Settings
 
 CONCURRENCY_LEVELS = (1, 4, 16)
 SERVICE_BATCHING = ((16, 0.01), (16, 0.1))
 """(max_batch_size, batch_wait_timeout_s): the CPU config's, and a longer wait."""
 STARTUP_TIMEOUT_S = 120
+BASELINE = "baseline (FastAPI + uvicorn)"
 
 
 def run(settings: Settings) -> dict[str, Any]:
@@ -35,18 +37,25 @@ def run(settings: Settings) -> dict[str, Any]:
     levels = (1, 16) if settings.quick else CONCURRENCY_LEVELS
     batching = SERVICE_BATCHING[:1] if settings.quick else SERVICE_BATCHING
     args = app_args(settings.model_id)
-    servers: dict[str, list[dict[str, Any]]] = {}
-    with Contention() as contention:
-        with local_serve() as url:
-            for size, wait in batching:
+    names = [f"service (batch {size}, wait {wait:g} s)" for size, wait in batching]
+    rounds: dict[str, dict[int, list[dict[str, Any]]]] = {
+        name: {level: [] for level in levels} for name in [*names, BASELINE]
+    }
+    with (
+        Contention() as contention,
+        local_serve() as service,
+        baseline_server(args["model"]) as baseline_url,
+    ):
+        for _ in range(settings.rounds):
+            for name, (size, wait) in zip(names, batching, strict=True):
                 deploy_config(args, size, wait)
-                name = f"service (batch {size}, wait {wait:g} s)"
-                servers[name] = measure(url, calls, levels, settings, name)
-        with baseline_server(args["model"]) as url:
-            servers["baseline (FastAPI + uvicorn)"] = measure(
-                url, calls, levels, settings, "baseline"
-            )
-    baseline = servers["baseline (FastAPI + uvicorn)"][-1]
+                measure(service, calls, settings, name, rounds[name])
+            measure(baseline_url, calls, settings, "baseline", rounds[BASELINE])
+    servers = {
+        name: [mean_of_rounds(by_level[level]) for level in levels]
+        for name, by_level in rounds.items()
+    }
+    baseline = servers[BASELINE][-1]
     comparison = {
         name: {
             "throughput_vs_baseline": round(
@@ -56,7 +65,7 @@ def run(settings: Settings) -> dict[str, Any]:
             "baseline_p99_ms": baseline["p99_ms"],
         }
         for name, points in servers.items()
-        if not name.startswith("baseline")
+        if name != BASELINE
     }
     summary = {
         "scenario": "baseline",
@@ -73,14 +82,16 @@ def run(settings: Settings) -> dict[str, Any]:
 
 
 def measure(
-    url: str, calls: Any, levels: tuple[int, ...], settings: Settings, name: str
-) -> list[dict[str, Any]]:
-    """One closed-loop run per concurrency level."""
-    points = []
-    for concurrency in levels:
+    url: str,
+    calls: Any,
+    settings: Settings,
+    name: str,
+    by_level: dict[int, list[dict[str, Any]]],
+) -> None:
+    """One closed-loop run per concurrency level, appended to ``by_level``."""
+    for concurrency, found in by_level.items():
         load = settings.load(concurrency=concurrency, requests=100 * min(4, concurrency))
-        points.append(run_load(url, calls, load, f"{name} c{concurrency}").summary())
-    return points
+        found.append(run_load(url, calls, load, f"{name} c{concurrency}").summary())
 
 
 @contextmanager

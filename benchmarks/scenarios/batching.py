@@ -1,19 +1,21 @@
 """Batching on the CPU model: ``max_batch_size`` 1 to 16 and the wait timeout, at concurrency 16.
 
 One replica, one run: batching is the model deployment's ``user_config``, so each setting is
-applied live to the running replica (as ``serve deploy`` would) before it is measured. The
-achieved batch sizes come from the replica's ``batch_size_counts``.
+applied live to the running replica (as ``serve deploy`` would) before it is measured, and
+the whole sweep is run twice (figures are the mean of both rounds). The achieved batch sizes
+come from the replica's ``batch_size_counts``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from benchmarks import plots
 from benchmarks.loadgen import run_load
 from benchmarks.local_serve import app_args, batch_size_counts, deploy_config, local_serve
 from benchmarks.payloads import vqa_calls
-from benchmarks.report import Contention, batch_figures, machine, write_result
+from benchmarks.report import Contention, batch_figures, machine, mean_of_rounds, write_result
 from benchmarks.settings import Settings
 
 CONCURRENCY = 16
@@ -26,25 +28,28 @@ def run(settings: Settings) -> dict[str, Any]:
     sizes = (1, 4) if settings.quick else BATCH_SIZES
     waits = WAITS_S[:1] if settings.quick else WAITS_S
     calls = vqa_calls("small")
-    points = []
+    cases = [(size, wait) for wait in waits for size in sizes]
+    rounds: dict[tuple[int, float], list[dict[str, Any]]] = {key: [] for key in cases}
+    batches: dict[tuple[int, float], Counter[int]] = {key: Counter() for key in cases}
     with Contention() as contention, local_serve() as url:
         args = app_args(settings.model_id)
-        for wait in waits:
-            for size in sizes:
+        for _ in range(settings.rounds):
+            for size, wait in cases:
                 deploy_config(args, size, wait)
                 before = batch_size_counts()
-                load = settings.load(concurrency=CONCURRENCY)
+                load = settings.load(concurrency=CONCURRENCY, requests=400, seconds=10)
                 result = run_load(url, calls, load, f"batch {size}, wait {wait:g} s")
-                batches = batch_size_counts()
-                batches.subtract(before)
-                points.append(
-                    {
-                        "max_batch_size": size,
-                        "batch_wait_timeout_s": wait,
-                        **result.summary(),
-                        **batch_figures(batches),
-                    }
-                )
+                rounds[size, wait].append(result.summary())
+                batches[size, wait] += batch_size_counts() - before
+    points = [
+        {
+            "max_batch_size": size,
+            "batch_wait_timeout_s": wait,
+            **mean_of_rounds(rounds[size, wait]),
+            **batch_figures(batches[size, wait]),
+        }
+        for size, wait in cases
+    ]
     rates = {(p["max_batch_size"], p["batch_wait_timeout_s"]): p["throughput_rps"] for p in points}
     best = max(rates, key=rates.__getitem__)
     unbatched = max(rate for (size, _), rate in rates.items() if size == 1)

@@ -1,12 +1,14 @@
 """The cost of the serving path: the same model, work and batch policy in process and over HTTP.
 
-In process (``benchmarks.in_process``) runs first, before Ray starts, so the two never share
-the CPU; then the service runs with the same batching, one replica, and the same load. The
-ratio of the two is what HTTP, the Serve proxy, the ingress, the handle and Ray cost.
+In process (``benchmarks.in_process``, in this process while the service idles) and the
+service (the same batching, one replica) take the same load in turn, for two rounds, so a
+drift in the machine's speed weighs on both alike. The ratio of the two is what HTTP, the
+Serve proxy, the ingress, the handle and Ray cost.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from benchmarks import plots
@@ -14,7 +16,7 @@ from benchmarks.in_process import run_in_process
 from benchmarks.loadgen import run_load
 from benchmarks.local_serve import app_args, batch_size_counts, deploy_config, local_serve
 from benchmarks.payloads import vqa_calls
-from benchmarks.report import Contention, batch_figures, machine, write_result
+from benchmarks.report import Contention, batch_figures, machine, mean_of_rounds, write_result
 from benchmarks.settings import Settings
 from serve_app.config import ModelConfig
 from serve_app.model import Blip2Model
@@ -30,30 +32,31 @@ def run(settings: Settings) -> dict[str, Any]:
     args = app_args(settings.model_id)
     batching = BATCHING[:1] if settings.quick else BATCHING
     cases = [(size, wait, c) for size, wait in batching for c in CONCURRENCY_LEVELS]
-    rows: dict[tuple[int, float, int], dict[str, Any]] = {}
-    with Contention() as contention:
+    found: dict[tuple[int, float, int], dict[str, list[dict[str, Any]]]] = {
+        case: {"in_process": [], "service": []} for case in cases
+    }
+    batches = {case: {"in_process": Counter[int](), "service": Counter[int]()} for case in cases}
+    with Contention() as contention, local_serve() as url:
         model = Blip2Model.load(ModelConfig.model_validate(args["model"]))
-        for size, wait, concurrency in cases:
-            load = settings.load(concurrency=concurrency, requests=100 * min(4, concurrency))
-            result, batches = run_in_process(model, calls, load, size, wait)
-            rows[size, wait, concurrency] = {
-                "in_process": {**result.summary(), **batch_figures(batches)}
-            }
-        del model
-        with local_serve() as url:
-            for size, wait, concurrency in cases:
+        for _ in range(settings.rounds):
+            for case in cases:
+                size, wait, concurrency = case
+                load = settings.load(concurrency=concurrency, requests=100 * min(4, concurrency))
+                result, formed = run_in_process(model, calls, load, size, wait)
+                found[case]["in_process"].append(result.summary())
+                batches[case]["in_process"] += formed
                 deploy_config(args, size, wait)
                 before = batch_size_counts()
-                load = settings.load(
-                    concurrency=concurrency, requests=400 if concurrency > 1 else 100
-                )
                 result = run_load(url, calls, load, f"service c{concurrency}, wait {wait:g} s")
-                batches = batch_size_counts()
-                batches.subtract(before)
-                rows[size, wait, concurrency]["service"] = {
-                    **result.summary(),
-                    **batch_figures(batches),
-                }
+                found[case]["service"].append(result.summary())
+                batches[case]["service"] += batch_size_counts() - before
+    rows = {
+        case: {
+            side: {**mean_of_rounds(rounds), **batch_figures(batches[case][side])}
+            for side, rounds in sides.items()
+        }
+        for case, sides in found.items()
+    }
     points = []
     for (size, wait, concurrency), row in rows.items():
         inner, outer = row["in_process"], row["service"]

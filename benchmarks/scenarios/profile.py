@@ -1,11 +1,13 @@
 """Where the time goes under load, and resizing in the ingress, before and after.
 
-The CPU model at concurrency 16, three runs in one Ray:
+The CPU model at concurrency 16, three variants in one Ray:
 
 - large images (1024x768 JPEG), *before*: ``FullResolutionBlip2`` makes the ingress send the
   full decoded array and the model replica's image processor resize it;
 - large images, *after*: the service as it is, resizing in the ingress;
 - small images (64x64 PNG), as it is.
+
+Before and after alternate, twice each.
 
 During each run, py-spy samples the Serve proxy, the ingress and the model replica, and
 ``/proc`` gives every process's CPU time: CPU milliseconds per request per process, split by
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from serve_app.server import ModelFactory
 CONCURRENCY = 16
 MAX_BATCH_SIZE, WAIT_S = 16, 0.1
 MEASURE_S = 20.0
+ROUNDS = 2
 VARIANTS: tuple[tuple[str, ImageKind, ModelFactory | None], ...] = (
     ("large images, before", "large", full_resolution.FullResolutionBlip2),
     ("large images, after", "large", None),
@@ -44,24 +48,27 @@ VARIANTS: tuple[tuple[str, ImageKind, ModelFactory | None], ...] = (
 
 
 def run(settings: Settings) -> dict[str, Any]:
-    """Profile each variant under load; write ``profile.json`` and ``.png``."""
+    """Profile each variant under load; write ``profile.json`` and ``.png``.
+
+    Before and after alternate for ``ROUNDS`` rounds, so a drift in the machine's speed
+    during the run weighs on both alike; each variant's figures are the mean of its runs.
+    """
     cloudpickle.register_pickle_by_value(full_resolution)
     seconds = 4.0 if settings.quick else MEASURE_S
-    variants = []
+    rounds = 1 if settings.quick else ROUNDS
+    schedule = [*(VARIANTS[:2] * rounds), VARIANTS[2]]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in VARIANTS}
     with Contention() as contention, local_serve() as url:
-        for name, kind, factory in VARIANTS:
+        for name, kind, factory in schedule:
             deploy(app_args(settings.model_id, MAX_BATCH_SIZE, WAIT_S), factory)
             calls = vqa_calls(kind)
             run_load(url, calls, settings.load(concurrency=CONCURRENCY, requests=64), "warm-up")
             folder = settings.results_dir / "profiles" / re.sub(r"\W+", "-", name)
-            variants.append(
-                {
-                    "variant": name,
-                    "images": kind,
-                    "array_bytes_to_model": array_bytes(kind),
-                    **measure(url, calls, seconds, folder),
-                }
+            figures = measure(url, calls, seconds, folder / f"run-{len(runs[name]) + 1}")
+            runs[name].append(
+                {"images": kind, "array_bytes_to_model": array_bytes(kind), **figures}
             )
+    variants = [{"variant": name, **combine(found)} for name, found in runs.items()]
     before, after = variants[0], variants[1]
     summary = {
         "scenario": "profile",
@@ -129,6 +136,36 @@ def measure(url: str, calls: Any, seconds: float, folder: Path) -> dict[str, Any
         "load": result.summary(),
         "cpu_ms_per_request": per_request,
         "split_ms_per_request": split,
+    }
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A variant's runs as one: the mean of each figure, and every run's load figures."""
+
+    def mean(values: list[float]) -> float:
+        return round(statistics.fmean(values), 2)
+
+    first = runs[0]
+    split = {}
+    for role in first["split_ms_per_request"]:
+        kinds = {kind for run in runs for kind in run["split_ms_per_request"][role]}
+        means = {
+            k: mean([r["split_ms_per_request"][role].get(k, 0.0) for r in runs]) for k in kinds
+        }
+        split[role] = dict(sorted(means.items(), key=lambda item: -item[1]))
+    return {
+        "images": first["images"],
+        "array_bytes_to_model": first["array_bytes_to_model"],
+        "load": {
+            key: mean([run["load"][key] for run in runs])
+            for key in ("throughput_rps", "p50_ms", "p90_ms", "p99_ms")
+        },
+        "cpu_ms_per_request": {
+            role: mean([run["cpu_ms_per_request"][role] for run in runs])
+            for role in first["cpu_ms_per_request"]
+        },
+        "split_ms_per_request": split,
+        "runs": [run["load"] for run in runs],
     }
 
 
