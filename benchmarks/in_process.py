@@ -2,9 +2,8 @@
 
 Each call is handled as the ingress and the model replica handle it (parse the JSON body,
 decode the image in a worker thread, resize it to the model's input, batch, generate in a
-worker thread), with Serve's batch policy rebuilt in plain asyncio (``@serve.batch`` needs a
-Serve replica): a batch closes when full or ``batch_wait_timeout_s`` after its first request,
-the next batch forms while one runs, and one batch runs at a time. torch uses one thread, as
+worker thread), with ``@serve.batch``'s gathering rebuilt in plain asyncio (it needs a Serve
+replica) in front of the replica's own ``BatchScheduler``. torch uses one thread, as
 in a Ray worker. Comparing this with the service over HTTP isolates what HTTP, the proxy, the
 ingress, the handle and Ray cost.
 """
@@ -19,6 +18,8 @@ from collections.abc import Sequence
 import torch
 
 from benchmarks.loadgen import Call, Load, LoadResult, drive
+from serve_app.batch_events import GenerationObserver, RequestStream
+from serve_app.batch_scheduler import BatchScheduler, QueuedRequest
 from serve_app.config import LimitsConfig
 from serve_app.errors import ServeAppError
 from serve_app.images import ModelImageInput, fit_to_model_input, load_image
@@ -27,31 +28,32 @@ from serve_app.schemas import GenerationRequest, GenerationResult, VQARequest
 
 TORCH_THREADS = 1
 """What Ray gives its workers (``OMP_NUM_THREADS=1``), so both sides compute alike."""
-Pending = tuple[GenerationRequest, asyncio.Future[GenerationResult | Exception]]
 
 
 class InProcessBatcher:
-    """Serve's batch policy around a ``Blip2Model``, in this process's event loop."""
+    """The replica's batch policy around a ``Blip2Model``, in this process's event loop.
+
+    Batches form as ``@serve.batch`` forms them (closed when full or ``batch_wait_timeout_s``
+    after their first request) and run through the replica's own ``BatchScheduler``.
+    """
 
     def __init__(self, model: Blip2Model, max_batch_size: int, batch_wait_timeout_s: float):
         self._model = model
         self._max_batch_size = max_batch_size
         self._wait_s = batch_wait_timeout_s
-        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
-        self._one_batch_at_a_time = asyncio.Semaphore(1)
-        self._running: set[asyncio.Task[None]] = set()
+        self._queue: asyncio.Queue[QueuedRequest] = asyncio.Queue()
+        self._scheduler = BatchScheduler(self._generate, max_batch_size)
         self.batch_sizes: Counter[int] = Counter()
 
     async def generate(self, request: GenerationRequest) -> GenerationResult | Exception:
-        """Queue one request; its result once its batch has run."""
-        future: asyncio.Future[GenerationResult | Exception] = (
-            asyncio.get_running_loop().create_future()
-        )
-        await self._queue.put((request, future))
-        return await future
+        """Queue one request; its outcome once its batch has run."""
+        queued = QueuedRequest(request, RequestStream())
+        await self._queue.put(queued)
+        *_, outcome = [event async for event in queued.stream]
+        return outcome if not isinstance(outcome, str) else RuntimeError("no outcome")
 
-    async def run_batches(self) -> None:
-        """Form batches forever (cancel to stop), each run as soon as the previous one ends."""
+    async def form_batches(self) -> None:
+        """Form batches forever (cancel to stop) and hand each to the scheduler."""
         while True:
             batch = [await self._queue.get()]
             closes = time.monotonic() + self._wait_s
@@ -63,17 +65,13 @@ class InProcessBatcher:
                     batch.append(await asyncio.wait_for(self._queue.get(), max(remaining, 0)))
                 except TimeoutError:
                     break
-            task = asyncio.create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._scheduler.submit(batch)
 
-    async def _run(self, batch: list[Pending]) -> None:
-        async with self._one_batch_at_a_time:
-            self.batch_sizes[len(batch)] += 1
-            requests = [request for request, _ in batch]
-            results = await asyncio.to_thread(self._model.generate, requests)
-        for (_, future), result in zip(batch, results, strict=True):
-            future.set_result(result)
+    def _generate(
+        self, requests: list[GenerationRequest], observer: GenerationObserver
+    ) -> list[GenerationResult | Exception]:
+        self.batch_sizes[len(requests)] += 1
+        return self._model.generate(requests, observer)
 
 
 def run_in_process(
@@ -104,7 +102,7 @@ def run_in_process(
         return "200" if isinstance(result, GenerationResult) else type(result).__name__
 
     async def main() -> LoadResult:
-        batches = asyncio.create_task(batcher.run_batches())
+        batches = asyncio.create_task(batcher.form_batches())
         try:
             return await drive(send, calls, load, f"in-process {load.label}")
         finally:

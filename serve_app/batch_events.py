@@ -1,14 +1,20 @@
 """The bridge between a batch generating in a worker thread and the replica's event loop.
 
 The model reports streamed text and asks about cancellations through a
-``GenerationObserver``; ``BatchEvents`` implements it for a running asyncio loop (no Ray).
+``GenerationObserver``; ``StreamsObserver`` implements it over the ``RequestStream`` of each
+request in the batch, on a running asyncio loop (no Ray).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
+
+from serve_app.schemas import GenerationResult
+
+Outcome = GenerationResult | Exception
+"""How a request ends: its result, or the error its caller gets."""
 
 
 class GenerationObserver(Protocol):
@@ -21,44 +27,56 @@ class GenerationObserver(Protocol):
         """Whether request ``index``'s caller has gone away."""
 
 
-class BatchEvents:
-    """A ``GenerationObserver`` called from the generating thread, read on the event loop."""
+class RequestStream:
+    """The events of one request: its text as it is generated, then its outcome.
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, size: int, is_cancelled: Callable[[int], bool]
-    ) -> None:
+    Written on the event loop (``put_text``, ``finish``), read by the request's caller;
+    ``cancelled`` is set when the caller goes away and may be read from any thread.
+    """
+
+    def __init__(self) -> None:
+        self._events: asyncio.Queue[str | Outcome] = asyncio.Queue()
+        self.cancelled = False
+
+    def put_text(self, delta: str) -> None:
+        """Queue newly generated text."""
+        self._events.put_nowait(delta)
+
+    def finish(self, outcome: Outcome) -> None:
+        """Queue the request's outcome; nothing follows it."""
+        self._events.put_nowait(outcome)
+
+    def cancel(self) -> None:
+        """The caller went away: the request is not run, or its row stops early."""
+        self.cancelled = True
+
+    async def __aiter__(self) -> AsyncIterator[str | Outcome]:
+        """Text deltas (those that piled up merged into one), then the outcome."""
+        while True:
+            event = await self._events.get()
+            while isinstance(event, str) and not self._events.empty():
+                following = self._events.get_nowait()
+                if not isinstance(following, str):
+                    yield event
+                    event = following
+                    break
+                event += following
+            yield event
+            if not isinstance(event, str):
+                return
+
+
+class StreamsObserver:
+    """A ``GenerationObserver`` called from the generating thread for a batch of streams."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, streams: Sequence[RequestStream]) -> None:
         self._loop = loop
-        self._size = size
-        self._is_cancelled = is_cancelled
-        self._queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+        self._streams = streams
 
     def on_text(self, index: int, delta: str) -> None:
-        """Thread-safe: queue ``delta`` for request ``index``."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, (index, delta))
+        """Thread-safe: queue ``delta`` on request ``index``'s stream."""
+        self._loop.call_soon_threadsafe(self._streams[index].put_text, delta)
 
     def is_cancelled(self, index: int) -> bool:
-        """Thread-safe: whether request ``index`` was cancelled."""
-        return self._is_cancelled(index)
-
-    def close(self) -> None:
-        """Thread-safe: no more text will come."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
-
-    async def steps(self) -> AsyncIterator[list[str | None]]:
-        """Per-request text that arrived since the last step (None where none did), until
-        ``close``; text that piled up while the loop was busy is merged into one step."""
-        finished = False
-        while not finished:
-            step: list[str | None] = [None] * self._size
-            event = await self._queue.get()
-            while True:
-                if event is None:
-                    finished = True
-                    break
-                index, delta = event
-                step[index] = (step[index] or "") + delta
-                if self._queue.empty():
-                    break
-                event = self._queue.get_nowait()
-            if any(delta is not None for delta in step):
-                yield step
+        """Thread-safe: whether request ``index``'s caller went away."""
+        return self._streams[index].cancelled

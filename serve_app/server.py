@@ -6,12 +6,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, cast
 
 from ray import serve
 
-from serve_app.batch_events import BatchEvents, GenerationObserver
+from serve_app.batch_events import GenerationObserver, RequestStream
+from serve_app.batch_scheduler import BatchScheduler, QueuedRequest
 from serve_app.config import BatchingConfig, ModelConfig
 from serve_app.errors import GenerationFailedError, ServeAppError
 from serve_app.metrics import ServerMetrics
@@ -35,8 +36,8 @@ UNHEALTHY_AFTER_FAILED_BATCHES = 3
 
 ModelFactory = Callable[[ModelConfig], GenerationModel]
 
-BatchEvent = str | GenerationResult | Exception | None
-"""What a batch yields per request: streamed text, then its outcome (None: nothing new)."""
+BatchEvent = str | GenerationResult | Exception
+"""What a request yields: streamed text, then its outcome."""
 
 
 def load_blip2(config: ModelConfig) -> GenerationModel:
@@ -46,26 +47,28 @@ def load_blip2(config: ModelConfig) -> GenerationModel:
     return Blip2Model.load(config)
 
 
-BatchedMethod = Callable[[Any, list[GenerationRequest]], AsyncIterator[list[BatchEvent]]]
-PerRequestMethod = Callable[[Any, GenerationRequest], AsyncIterator[BatchEvent]]
+Enqueue = Callable[[Any, QueuedRequest], Awaitable[None]]
+BatchedEnqueue = Callable[[Any, list[QueuedRequest]], Awaitable[list[None]]]
 
 
-def _batched_generator(
+def _batched(
     max_batch_size: int, batch_wait_timeout_s: float
-) -> Callable[[BatchedMethod], PerRequestMethod]:
-    """``serve.batch`` for a batched async generator, typed (Serve's hints cover lists only)."""
+) -> Callable[[BatchedEnqueue], Enqueue]:
+    """``serve.batch``, typed for this use."""
     decorator = serve.batch(
         max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s
     )
-    return cast(Callable[[BatchedMethod], PerRequestMethod], decorator)
+    return cast(Callable[[BatchedEnqueue], Enqueue], decorator)
 
 
 class Blip2Server:
     """Holds one model and feeds it batches of concurrent requests.
 
-    ``user_config`` (a ``BatchingConfig``) sets ``max_batch_size`` and ``batch_wait_timeout_s``;
-    a ``serve deploy`` that changes only it reconfigures running replicas without a restart.
-    Generation runs in a worker thread so the replica's event loop keeps accepting requests.
+    ``@serve.batch`` gathers requests (``max_batch_size``, ``batch_wait_timeout_s``) and hands
+    each batch to a ``BatchScheduler``, which runs the model one batch at a time in a worker
+    thread, merging batches that formed while the model was busy. ``user_config`` (a
+    ``BatchingConfig``) sets both; a ``serve deploy`` that changes only it reconfigures running
+    replicas without a restart.
     """
 
     def __init__(
@@ -78,9 +81,9 @@ class Blip2Server:
         self._max_ongoing_requests = max_ongoing_requests
         self._model = (model_factory or load_blip2)(model_config)
         self._batching = BatchingConfig()
+        self._scheduler = BatchScheduler(self._run_model, self._batching.max_batch_size)
         self._batch_sizes: Counter[int] = Counter()
         self._failed_batches_in_a_row = 0
-        self._cancelled: set[int] = set()
         self._metrics = ServerMetrics()
         self._arrivals: dict[int, float] = {}
 
@@ -94,20 +97,20 @@ class Blip2Server:
                 "form. Raise model_deployment.max_ongoing_requests in the app args."
             )
         # The setters are Serve's documented API on @serve.batch methods, absent from its typing.
-        self._generate_batch.set_max_batch_size(batching.max_batch_size)  # type: ignore[attr-defined]
-        self._generate_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._enqueue.set_max_batch_size(batching.max_batch_size)  # type: ignore[attr-defined]
+        self._enqueue.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._scheduler.max_batch_size = batching.max_batch_size
         self._batching = batching
         logger.info("Batching set to %s", batching.model_dump())
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate for one request; it is batched with the other requests in flight."""
-        outcome: GenerationResult | Exception | None = None
+        outcome: BatchEvent | None = None
         async for event in self._events(request):
-            if isinstance(event, GenerationResult | Exception):
-                outcome = event
+            outcome = event
         if isinstance(outcome, Exception):
             raise outcome
-        if outcome is None:
+        if not isinstance(outcome, GenerationResult):
             raise GenerationFailedError("the model returned no result for this request")
         return outcome
 
@@ -121,50 +124,38 @@ class Blip2Server:
         async for event in self._events(request.model_copy(update={"stream": True})):
             if isinstance(event, Exception):
                 raise event
-            if event is not None:
-                yield event
+            yield event
 
     async def _events(self, request: GenerationRequest) -> AsyncIterator[BatchEvent]:
         """The request's events from its batch; a caller who goes away cancels its share."""
+        stream = RequestStream()
         self._arrivals[id(request)] = time.perf_counter()
         try:
-            async for event in self._generate_batch(request):
+            await self._enqueue(QueuedRequest(request, stream))
+            async for event in stream:
                 yield event
         except (asyncio.CancelledError, GeneratorExit):
-            self._cancelled.add(id(request))
+            stream.cancel()
             raise
         finally:
             self._arrivals.pop(id(request), None)
 
-    @_batched_generator(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _generate_batch(
-        self, requests: list[GenerationRequest]
-    ) -> AsyncIterator[list[BatchEvent]]:
-        self._batch_sizes[len(requests)] += 1
-        self._metrics.batch_size.observe(len(requests))
-        started = time.perf_counter()
-        for request in requests:
-            self._metrics.queue_wait.observe(started - self._arrivals.get(id(request), started))
-        events = BatchEvents(
-            asyncio.get_running_loop(),
-            len(requests),
-            is_cancelled=lambda index: id(requests[index]) in self._cancelled,
-        )
-        worker = asyncio.ensure_future(asyncio.to_thread(self._run_model, requests, events))
-        try:
-            async for step in events.steps():
-                yield list(step)
-            yield list(await worker)
-        finally:
-            self._cancelled.difference_update(id(request) for request in requests)
+    @_batched(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _enqueue(self, queued: list[QueuedRequest]) -> list[None]:
+        self._scheduler.submit(queued)
+        return [None] * len(queued)
 
     def _run_model(
-        self, requests: list[GenerationRequest], events: BatchEvents
+        self, requests: list[GenerationRequest], observer: GenerationObserver
     ) -> list[GenerationResult | Exception]:
         """Generate in a worker thread; a batch that fails as a whole fails each request."""
         started = time.perf_counter()
+        self._batch_sizes[len(requests)] += 1
+        self._metrics.batch_size.observe(len(requests))
+        for request in requests:
+            self._metrics.queue_wait.observe(started - self._arrivals.get(id(request), started))
         try:
-            results = self._model.generate(requests, events)
+            results = self._model.generate(requests, observer)
         except Exception:
             logger.exception("Batch of %d failed as a whole", len(requests))
             self._failed_batches_in_a_row += 1
@@ -172,7 +163,6 @@ class Blip2Server:
             failure = GenerationFailedError("the model failed to generate for this request")
             return [failure] * len(requests)
         finally:
-            events.close()
             self._metrics.generate_time.observe(time.perf_counter() - started)
         self._failed_batches_in_a_row = 0
         public = [self._public(result) for result in results]

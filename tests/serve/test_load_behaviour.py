@@ -71,6 +71,31 @@ def generated_requests() -> int:
     return sum(size * count for size, count in counts.items())
 
 
+def test_batches_run_full_under_sustained_load_even_with_no_batch_wait(serve_url: str) -> None:
+    """Batches that form while the model is busy are merged: with ``batch_wait_timeout_s: 0``
+    ``@serve.batch`` alone would run a train of single requests."""
+    run_app(
+        slow_fake_model,
+        {"model_deployment": {"batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0}}},
+    )
+    server = serve.get_deployment_handle("Blip2Server", APP_NAME)
+    before: dict[int, int] = server.batch_size_counts.remote().result()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        statuses = list(
+            pool.map(
+                lambda _: requests.post(f"{serve_url}/v1/vqa", json=BODY, timeout=60).status_code,
+                range(5 * CLIENTS),
+            )
+        )
+    assert set(statuses) == {200}
+    after: dict[int, int] = server.batch_size_counts.remote().result()
+    new_batches = {size: after[size] - before.get(size, 0) for size in after}
+    served = sum(size * count for size, count in new_batches.items())
+    assert served == len(statuses)
+    in_full_batches = 4 * new_batches.get(4, 0)
+    assert in_full_batches >= 0.75 * served, new_batches
+
+
 def test_overload_is_answered_503_with_retry_after_never_a_hang(serve_url: str) -> None:
     run_app(
         slow_fake_model,
