@@ -1,5 +1,7 @@
 """``build_app``: turns validated args into the Serve application (ingress -> model)."""
 
+import math
+
 from ray import serve
 from ray.serve import Application
 
@@ -46,6 +48,10 @@ def build_application(config: AppConfig, model_factory: ModelFactory | None = No
         max_queued_requests=ingress_options.max_queued_requests,
         autoscaling_config=ingress_options.autoscaling_config,
     )(Blip2Ingress)
+    model_config = config.model
+    if model_config.cpu_threads is None:
+        threads = max(1, math.ceil(server_options.num_cpus))
+        model_config = model_config.model_copy(update={"cpu_threads": threads})
     return ingress.bind(
-        model.bind(config.model, ongoing, model_factory), config.model, config.limits, config.auth
+        model.bind(model_config, ongoing, model_factory), model_config, config.limits, config.auth
     )

@@ -39,6 +39,11 @@ class ModelConfig(_Strict):
     vqa_prompt_template: str = Field(
         DEFAULT_VQA_TEMPLATE, description="Prompt for VQA; must contain '{question}'."
     )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads in a model replica; its num_cpus (at least 1) if unset.",
+    )
     default_max_new_tokens: int = Field(30, ge=1)
     max_new_tokens_limit: int = Field(128, ge=1)
     max_num_beams: int = Field(4, ge=1)

@@ -84,18 +84,23 @@ class Blip2Model:
         """Load the processor and model that ``config`` names.
 
         A ``builtin:`` name is built (once, cached) by :func:`resolve_builtin`; anything else is
-        a Hugging Face id or a local directory handed to ``from_pretrained``.
+        a Hugging Face id or a local directory handed to ``from_pretrained``. ``cpu_threads``,
+        if set, caps torch's CPU threads in this process.
 
         Raises:
             ValueError: Unknown builtin name, or ``device='cuda'`` without CUDA.
         """
         hf: Any = importlib.import_module("transformers")
+        if config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         builtin = resolve_builtin(config.model_id)
         source = str(builtin) if builtin is not None else config.model_id
         revision = None if builtin is not None else config.revision
-        processor = hf.Blip2Processor.from_pretrained(source, revision=revision)
+        # Pillow preprocessing on every machine, torchvision installed or not: the same pixels
+        # everywhere, and the ingress can resize exactly as the processor would.
+        processor = hf.Blip2Processor.from_pretrained(source, revision=revision, backend="pil")
         model = hf.Blip2ForConditionalGeneration.from_pretrained(
             source, revision=revision, dtype=dtype
         )

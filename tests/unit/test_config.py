@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
 from serve_app.app import build_app
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, ModelConfig
 from tests.support.serving import load_config
 
 
@@ -79,6 +79,18 @@ def test_builder_builds_the_two_deployment_graph() -> None:
     assert server.ray_actor_options["num_gpus"] == 1
     assert server.user_config == {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
     assert server.max_ongoing_requests >= 8
+
+
+def test_model_replicas_use_as_many_torch_threads_as_their_cpus() -> None:
+    def model_config(args: dict[str, Any]) -> ModelConfig:
+        app = call_user_app_builder_with_args_if_necessary(build_app, args)
+        config: ModelConfig = app._bound_deployment.init_args[0]._bound_deployment.init_args[0]
+        return config
+
+    assert model_config({"model_deployment": {"num_cpus": 2}}).cpu_threads == 2
+    assert model_config({"model_deployment": {"num_cpus": 0}}).cpu_threads == 1
+    assert model_config({"model_deployment": {"num_cpus": 1.5}}).cpu_threads == 2
+    assert model_config({"model": {"cpu_threads": 4}}).cpu_threads == 4
 
 
 def test_import_is_light() -> None:

@@ -169,6 +169,16 @@ def test_load_from_a_local_directory(tmp_path: Path) -> None:
     assert ok(loaded.warmup()).completion_tokens <= 2
 
 
+def test_cpu_threads_caps_torch_threads(cache_dir: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        Blip2Model.load(ModelConfig(model_id=TINY_RANDOM_OPT, device="cpu", cpu_threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_explicit_cuda_without_cuda_is_a_clear_error(cache_dir: Path) -> None:
     with pytest.raises(ValueError, match="CUDA is not available"):
