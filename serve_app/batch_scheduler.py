@@ -37,19 +37,22 @@ class BatchScheduler:
     """Feeds queued requests to ``run_batch`` in batches of at most ``max_batch_size``.
 
     Batches run one at a time in a worker thread, oldest requests first; a request whose
-    caller went away before its batch started is dropped unrun. Must be used on one event loop.
+    caller went away before its batch started is dropped unrun. With ``merge`` off, each
+    submitted group runs as its own batch (``@serve.batch`` alone). Must be used on one event
+    loop.
     """
 
-    def __init__(self, run_batch: RunBatch, max_batch_size: int) -> None:
+    def __init__(self, run_batch: RunBatch, max_batch_size: int, merge: bool = True) -> None:
         self.max_batch_size = max_batch_size
+        self.merge = merge
         self._run_batch = run_batch
-        self._queue: deque[QueuedRequest] = deque()
+        self._groups: deque[deque[QueuedRequest]] = deque()
         self._work = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
 
     def submit(self, queued: Sequence[QueuedRequest]) -> None:
-        """Queue requests for the next batches; their outcomes arrive on their streams."""
-        self._queue.extend(queued)
+        """Queue a group of requests; their outcomes arrive on their streams."""
+        self._groups.append(deque(queued))
         self._work.set()
         if self._runner is None or self._runner.done():
             self._runner = asyncio.get_running_loop().create_task(self._run_forever())
@@ -57,23 +60,29 @@ class BatchScheduler:
     @property
     def queued(self) -> int:
         """Requests waiting for a batch."""
-        return len(self._queue)
+        return sum(len(group) for group in self._groups)
 
     async def _run_forever(self) -> None:
         while True:
             await self._work.wait()
             batch = self._next_batch()
-            if not self._queue:
+            if not self._groups:
                 self._work.clear()
             if batch:
                 await self._run(batch)
 
     def _next_batch(self) -> list[QueuedRequest]:
         batch: list[QueuedRequest] = []
-        while self._queue and len(batch) < self.max_batch_size:
-            queued = self._queue.popleft()
-            if not queued.stream.cancelled:
-                batch.append(queued)
+        while self._groups and len(batch) < self.max_batch_size:
+            group = self._groups[0]
+            while group and len(batch) < self.max_batch_size:
+                queued = group.popleft()
+                if not queued.stream.cancelled:
+                    batch.append(queued)
+            if not group:
+                self._groups.popleft()
+            if not self.merge and batch:
+                break
         return batch
 
     async def _run(self, batch: list[QueuedRequest]) -> None:

@@ -76,6 +76,11 @@ class BatchingConfig(_Strict):
 
     max_batch_size: int = Field(8, ge=1, le=512)
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+    merge_waiting_batches: bool = Field(
+        True,
+        description="Run the batches that formed while the model was busy as one batch, up to "
+        "max_batch_size (false: each runs as @serve.batch closed it).",
+    )
 
 
 def _validate_autoscaling(value: dict[str, Any]) -> dict[str, Any]:

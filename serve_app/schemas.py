@@ -187,6 +187,7 @@ class ModelCard(_Body):
     vqa_prompt_template: str
     max_batch_size: int
     batch_wait_timeout_s: float
+    merge_waiting_batches: bool
     limits: ModelLimits | None = None
 
 

@@ -100,6 +100,7 @@ class Blip2Server:
         self._enqueue.set_max_batch_size(batching.max_batch_size)  # type: ignore[attr-defined]
         self._enqueue.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._scheduler.max_batch_size = batching.max_batch_size
+        self._scheduler.merge = batching.merge_waiting_batches
         self._batching = batching
         logger.info("Batching set to %s", batching.model_dump())
 

@@ -76,6 +76,24 @@ def test_batches_that_form_while_the_model_is_busy_run_as_one_full_batch() -> No
     assert asyncio.run(scenario()) == [["a"], ["b", "c", "d", "e"], ["f"]]
 
 
+def test_without_merging_each_group_runs_as_its_own_batch() -> None:
+    async def scenario() -> list[list[str]]:
+        model = GatedFakeModel()
+        scheduler = BatchScheduler(model, max_batch_size=4, merge=False)
+        first = queued("a")
+        scheduler.submit(first)
+        await wait_for(model.started)
+        later = [queued("b", "c"), queued("d")]
+        for group in later:
+            scheduler.submit(group)
+        model.gate.set()
+        everyone = first + [q for group in later for q in group]
+        await asyncio.gather(*(collect(q.stream) for q in everyone))
+        return model.batches
+
+    assert asyncio.run(scenario()) == [["a"], ["b", "c"], ["d"]]
+
+
 def test_each_request_gets_its_own_streamed_text_then_its_result() -> None:
     async def scenario() -> dict[str, list[str | Outcome]]:
         model = GatedFakeModel()

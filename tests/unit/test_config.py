@@ -77,7 +77,11 @@ def test_builder_builds_the_two_deployment_graph() -> None:
     server = server_app._bound_deployment
     assert server.name == "Blip2Server"
     assert server.ray_actor_options["num_gpus"] == 1
-    assert server.user_config == {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+    assert server.user_config == {
+        "max_batch_size": 8,
+        "batch_wait_timeout_s": 0.01,
+        "merge_waiting_batches": True,
+    }
     assert server.max_ongoing_requests >= 8
 
 
