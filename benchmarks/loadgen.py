@@ -1,9 +1,16 @@
-"""Async HTTP load generator: closed-loop concurrency or open-loop Poisson arrivals.
+"""Async HTTP load generator (aiohttp): closed-loop concurrency or open-loop Poisson arrivals.
 
 Every run is bounded twice, by a request count and by a time limit, and stops by itself. It
 talks to loopback addresses only. Latency is measured per request from the moment it was due
 (its arrival time in an open loop), so a server that falls behind is not flattered by a
 client that waits for it.
+
+A closed loop measures the steady state: its clients run without a pause from the warm-up into
+the measured window, which opens when the warm-up's requests have completed and closes at the
+time limit. Throughput counts the responses that arrived inside the window; the requests still
+in flight when it closes are awaited and their latencies and statuses recorded, but the drain
+is not timed. A run that reaches its request count first is timed to its last response. An
+open loop's throughput is its successful responses over the span of its arrivals.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import numpy as np
 from tqdm import tqdm
 
@@ -63,6 +70,7 @@ class LoadResult:
     duration_s: float = 0.0
     statuses: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
+    ok_in_window: int = 0
 
     @property
     def ok(self) -> int:
@@ -71,8 +79,8 @@ class LoadResult:
 
     @property
     def throughput(self) -> float:
-        """Successful requests per second over the run."""
-        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+        """Successful responses per second over the measured window."""
+        return self.ok_in_window / self.duration_s if self.duration_s > 0 else 0.0
 
     def percentile_ms(self, q: float) -> float:
         """Latency percentile ``q`` (0-100) of the successful requests, in milliseconds."""
@@ -120,49 +128,39 @@ def run_load(base_url: str, calls: Sequence[Call], load: Load, title: str = "") 
 
 async def _over_http(base_url: str, calls: Sequence[Call], load: Load, title: str) -> LoadResult:
     connections = load.concurrency or min(load.max_requests, 1000)
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    timeout = httpx.Timeout(120.0, connect=10.0)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+    connector = aiohttp.TCPConnector(limit=connections)
+    timeout = aiohttp.ClientTimeout(total=120.0, connect=10.0)
+    async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
 
         async def send(call: Call) -> str:
             try:
-                response = await client.post(
-                    call.path, content=call.body, headers={"content-type": call.content_type}
-                )
-            except httpx.HTTPError as error:
+                headers = {"content-type": call.content_type}
+                async with session.post(call.path, data=call.body, headers=headers) as response:
+                    await response.read()
+                    return str(response.status)
+            except (aiohttp.ClientError, TimeoutError) as error:
                 return type(error).__name__
-            return str(response.status_code)
 
         return await drive(send, calls, load, title)
 
 
 async def drive(send: Sender, calls: Sequence[Call], load: Load, title: str) -> LoadResult:
-    """Run ``load`` through ``send``: the warm-up (not recorded), then the measured run."""
-    if load.warmup_requests:
-        warmup = Load(
-            concurrency=load.concurrency or 4,
-            max_requests=load.warmup_requests,
-            time_limit_s=load.time_limit_s,
-        )
-        await _closed_loop(send, calls, warmup, LoadResult(warmup), None)
+    """Run ``load`` through ``send``: its warm-up (not recorded), then the measured run."""
     result = LoadResult(load)
     with tqdm(total=load.max_requests, desc=title, unit="req", leave=False) as bar:
         if load.concurrency is not None:
             await _closed_loop(send, calls, load, result, bar)
         else:
+            if load.warmup_requests:
+                warmup = Load(
+                    concurrency=4,
+                    max_requests=0,
+                    time_limit_s=load.time_limit_s,
+                    warmup_requests=load.warmup_requests,
+                )
+                await _closed_loop(send, calls, warmup, LoadResult(warmup), None)
             await _open_loop(send, calls, load, result, bar)
     return result
-
-
-async def _timed(
-    send: Sender, call: Call, due: float, result: LoadResult, bar: tqdm[Any] | None
-) -> None:
-    status = await send(call)
-    result.statuses[status] += 1
-    if status == "200":
-        result.latencies_s.append(time.perf_counter() - due)
-    if bar is not None:
-        bar.update()
 
 
 async def _closed_loop(
@@ -173,19 +171,62 @@ async def _closed_loop(
     bar: tqdm[Any] | None,
 ) -> None:
     assert load.concurrency is not None
-    started = time.perf_counter()
-    deadline = started + load.time_limit_s
+    warmup_ends = time.perf_counter() + load.time_limit_s
+    warmup_left = load.warmup_requests
+    window: list[float] = []  # [opens, closes] once the warm-up is over
+    answered: list[float] = []  # when each measured 200 arrived
     issued = 0
 
+    def open_window(now: float) -> None:
+        window.extend([now, now + load.time_limit_s])
+
+    if not warmup_left:
+        open_window(time.perf_counter())
+
     async def client_loop() -> None:
-        nonlocal issued
-        while issued < load.max_requests and time.perf_counter() < deadline:
+        nonlocal issued, warmup_left
+        while True:
+            now = time.perf_counter()
+            if not window and now >= warmup_ends:
+                open_window(now)
+            measured = bool(window)
+            if measured and (issued >= load.max_requests or now >= window[1]):
+                return
             call = calls[issued % len(calls)]
-            issued += 1
-            await _timed(send, call, time.perf_counter(), result, bar)
+            issued += measured
+            status = await send(call)
+            done = time.perf_counter()
+            if not measured:
+                warmup_left -= 1
+                if warmup_left <= 0 and not window:
+                    open_window(done)
+                continue
+            result.statuses[status] += 1
+            if status == "200":
+                result.latencies_s.append(done - now)
+                answered.append(done)
+            if bar is not None:
+                bar.update()
 
     await asyncio.gather(*(client_loop() for _ in range(load.concurrency)))
-    result.duration_s = time.perf_counter() - started
+    if not window:
+        return
+    # Stopped by the time limit: the window ends there. By the request count: at the last answer.
+    closes = window[1] if issued < load.max_requests else max(answered, default=window[0])
+    result.duration_s = closes - window[0]
+    result.ok_in_window = sum(done <= closes for done in answered)
+
+
+async def _timed(
+    send: Sender, call: Call, due: float, result: LoadResult, bar: tqdm[Any] | None
+) -> None:
+    status = await send(call)
+    result.statuses[status] += 1
+    if status == "200":
+        result.latencies_s.append(time.perf_counter() - due)
+        result.ok_in_window += 1
+    if bar is not None:
+        bar.update()
 
 
 async def _open_loop(
@@ -212,4 +253,4 @@ async def _open_loop(
         task.cancel()
     if pending:
         result.statuses["unfinished"] += len(pending)
-    result.duration_s = time.perf_counter() - started if done else 0.0
+    result.duration_s = min(due - started, load.time_limit_s) if done else 0.0

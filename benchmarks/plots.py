@@ -87,27 +87,23 @@ def overhead(result: dict[str, Any], path: Path) -> None:
 
 
 def accelerator(result: dict[str, Any], path: Path) -> None:
-    """Achieved throughput against the limit per wait and replica count; Poisson latency."""
+    """Achieved throughput against the limit, merged or not, per case; Poisson latency."""
     figure, (rate, latency) = plt.subplots(1, 2, figsize=(13, 4.5))
     saturation = result["saturation"]
-    for replicas in sorted({p["replicas"] for p in saturation}):
-        points = [p for p in saturation if p["replicas"] == replicas]
-        waits = [p["batch_wait_timeout_s"] for p in points]
-        shares = [p["achieved_vs_limit"] * 100 for p in points]
-        rate.plot(waits, shares, "o-", label=f"{replicas} replica(s)")
-        for wait, share, point in zip(waits, shares, points, strict=True):
-            note = f"{share:.0f}%, batch {point['mean_batch_size']:g}"
-            rate.annotate(
-                note, (wait, share), textcoords="offset points", xytext=(0, 6), fontsize=7
-            )
+    cases = [p for p in saturation if p["merge_waiting_batches"]]
+    labels = [f"{p['replicas']} replica(s)\nwait {p['batch_wait_timeout_s']:g} s" for p in cases]
+    series = {
+        "@serve.batch alone": [
+            p["achieved_vs_limit"] * 100 for p in saturation if not p["merge_waiting_batches"]
+        ],
+        "merged (default)": [p["achieved_vs_limit"] * 100 for p in cases],
+    }
+    grouped_bars(rate, labels, series)
     rate.axhline(90, color="grey", linestyle=":", label="90% goal")
-    rate.set_xscale("log")
-    rate.set_ylim(0, 105)
-    rate.set_xlabel("batch_wait_timeout_s")
+    rate.set_ylim(0, 115)
     rate.set_ylabel("achieved throughput, % of the replicas' limit")
-    rate.set_title("saturated (3 full batches queued per replica)")
-    rate.grid(alpha=0.3)
-    rate.legend(fontsize=7)
+    rate.set_title("saturated (3 full batches of clients per replica)")
+    rate.legend(fontsize=7, loc="lower right")
     open_loop = result["open_loop_one_replica"]
     offered = [p["offered_vs_limit"] * 100 for p in open_loop["points"]]
     for key, style in (("p50_ms", "o-"), ("p90_ms", "s-"), ("p99_ms", "x--")):
@@ -225,3 +221,37 @@ def profile(result: dict[str, Any], path: Path) -> None:
     grouped_bars(rate, names, {"requests/s": [v["load"]["throughput_rps"] for v in variants]})
     rate.set_title(f"throughput at concurrency {result['concurrency']}")
     _save(figure, path, f"Where the time goes ({result['model']})")
+
+
+def gpu(result: dict[str, Any], path: Path) -> None:
+    """Images/s and latency against batch size (bare) and concurrency (service)."""
+    figure, (rate, latency) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bare, service = result["bare"], result["service"]
+    sizes = [p["batch_size"] for p in bare]
+    levels = [p["concurrency"] for p in service]
+    rate.plot(sizes, [p["images_per_s"] for p in bare], "o-", label="bare model, batch of n")
+    rate.plot(levels, [p["throughput_rps"] for p in service], "s-", label="service, n clients")
+    for point in service:
+        rate.annotate(
+            f"batch {point['mean_batch_size']:g}",
+            (point["concurrency"], point["throughput_rps"]),
+            textcoords="offset points",
+            xytext=(0, -12),
+            fontsize=7,
+        )
+    latency.plot(sizes, [p["latency_ms"] for p in bare], "o-", label="bare model, one batch")
+    latency.plot(levels, [p["p50_ms"] for p in service], "s-", label="service p50")
+    latency.plot(levels, [p["p99_ms"] for p in service], "x--", label="service p99")
+    ticks = sorted({*sizes, *levels})
+    for axes, ylabel in ((rate, "images/s"), (latency, "latency (ms)")):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(ticks, [str(t) for t in ticks])
+        axes.set_xlabel("n: batch size (bare) or concurrent clients (service)")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    rate.set_title("throughput")
+    latency.set_title("latency")
+    gpu_name = result["machine"]["gpu"]
+    tokens = result["max_new_tokens"]
+    _save(figure, path, f"BLIP-2 OPT-2.7b sizes, {result['dtype']}, {tokens} tokens, {gpu_name}")

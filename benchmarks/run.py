@@ -22,11 +22,15 @@ SCENARIOS = {
     "cold-start": "from `serve run` to the first 200, split into phases",
     "profile": "where the CPU goes under load; resizing in the ingress before and after",
 }
+GPU_SCENARIOS = {
+    "gpu": "BLIP-2 OPT-2.7b sizes on CUDA: bare model vs service, per batch size",
+}
+"""Scenarios that need CUDA (``--quick`` checks them on a CPU); ``all`` leaves them out."""
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    parser.add_argument("scenario", choices=[*SCENARIOS, *GPU_SCENARIOS, "all"])
     parser.add_argument("--quick", action="store_true", help="a few requests and seconds each")
     parser.add_argument("--model", default=Settings.model_id, help="model for CPU scenarios")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="output folder")

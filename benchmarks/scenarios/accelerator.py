@@ -3,10 +3,12 @@
 ``EmulatedAcceleratorModel`` makes a batch of ``n`` take ``fixed + per_item * n`` ms without
 using the CPU, so a replica can serve at most ``max_batch_size / batch time`` requests a
 second. At saturation (a closed loop holding three full batches per replica) the service
-should come close to that limit, with one replica and with two. It is measured for several
-``batch_wait_timeout_s``: Serve's ``@serve.batch`` forms the next batch while one runs and
-closes it that long after its first request, so the wait decides how full batches are.
-Open-loop Poisson arrivals below the limit show the latency a caller sees on the way there.
+should come close to that limit, with one replica and with two, whatever the batch wait.
+Each case runs twice: with ``merge_waiting_batches`` off (each batch runs as ``@serve.batch``
+closed it, which closes the next batch ``batch_wait_timeout_s`` after its first request even
+while the model is busy) and on (the default: batches that formed while the model was busy
+run as one). Open-loop Poisson arrivals below the limit show the latency a caller sees on the
+way there.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from benchmarks.settings import Settings
 
 COST = emulated.BatchCost(fixed_ms=300.0, per_item_ms=15.0)
 MAX_BATCH_SIZE = 16
-WAITS_S = (0.01, 0.1, 0.5)
-"""Batch wait timeouts: the CPU config's, and longer, up to about one batch's time."""
+WAITS_S = (0.01, 0.1)
+"""Batch wait timeouts: the CPU config's, and a longer one."""
 REPLICAS = (1, 2)
-OPEN_LOOP_WAIT_S = 0.1
+OPEN_LOOP_WAIT_S = 0.01
 OFFERED_FRACTIONS = (0.5, 0.8, 0.95)
 """Open-loop arrival rates, as fractions of one replica's limit."""
 
@@ -45,32 +47,40 @@ def run(settings: Settings) -> dict[str, Any]:
     with Contention() as contention, local_serve(num_gpus=max(REPLICAS)) as url:
         for replicas in replica_counts:
             for wait in waits:
-                deploy_emulated(replicas, wait, record_dir := new_record_dir())
-                concurrency = 3 * MAX_BATCH_SIZE * replicas
-                load = settings.load(concurrency=concurrency, requests=4000, seconds=20, warmup=64)
-                result = run_load(url, calls, load, f"{replicas} replica(s), wait {wait:g} s")
-                limit = COST.limit_rps(MAX_BATCH_SIZE, replicas)
-                per_replica = emulated.recorded_batch_sizes(record_dir)
-                saturation.append(
-                    {
-                        "replicas": replicas,
-                        "batch_wait_timeout_s": wait,
-                        "limit_rps": round(limit, 2),
-                        "achieved_vs_limit": round(result.throughput / limit, 3),
-                        **result.summary(),
-                        **batch_figures(sum(per_replica.values(), Counter())),
-                        "replicas_that_ran_batches": len(per_replica),
-                    }
-                )
-        deploy_emulated(1, OPEN_LOOP_WAIT_S, new_record_dir())
+                for merge in (False, True):
+                    deploy_emulated(replicas, wait, merge, record_dir := new_record_dir())
+                    concurrency = 3 * MAX_BATCH_SIZE * replicas
+                    load = settings.load(
+                        concurrency=concurrency, requests=4000, seconds=20, warmup=64
+                    )
+                    title = f"{replicas} replica(s), wait {wait:g} s, merge {merge}"
+                    result = run_load(url, calls, load, title)
+                    limit = COST.limit_rps(MAX_BATCH_SIZE, replicas)
+                    per_replica = emulated.recorded_batch_sizes(record_dir)
+                    saturation.append(
+                        {
+                            "replicas": replicas,
+                            "batch_wait_timeout_s": wait,
+                            "merge_waiting_batches": merge,
+                            "limit_rps": round(limit, 2),
+                            "achieved_vs_limit": round(result.throughput / limit, 3),
+                            **result.summary(),
+                            **batch_figures(sum(per_replica.values(), Counter())),
+                            "replicas_that_ran_batches": len(per_replica),
+                        }
+                    )
+        deploy_emulated(1, OPEN_LOOP_WAIT_S, True, new_record_dir())
         limit = COST.limit_rps(MAX_BATCH_SIZE)
         for fraction in OFFERED_FRACTIONS[:1] if settings.quick else OFFERED_FRACTIONS:
             load = settings.load(rate=fraction * limit, requests=4000, seconds=20)
             result = run_load(url, calls, load, f"Poisson at {fraction:.0%} of the limit")
             open_loop.append({"offered_vs_limit": fraction, **result.summary()})
     headline = {
-        f"{p['replicas']} replica(s), wait {p['batch_wait_timeout_s']:g} s": p["achieved_vs_limit"]
-        for p in saturation
+        f"{p['replicas']} replica(s), wait {p['batch_wait_timeout_s']:g} s": {
+            "merged (default)": p["achieved_vs_limit"],
+            "@serve.batch alone": q["achieved_vs_limit"],
+        }
+        for q, p in zip(saturation[::2], saturation[1::2], strict=True)
     }
     summary = {
         "scenario": "accelerator",
@@ -93,7 +103,8 @@ def new_record_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="emulated-batches-"))
 
 
-def deploy_emulated(replicas: int, wait: float, record_dir: Path) -> None:
+def deploy_emulated(replicas: int, wait: float, merge: bool, record_dir: Path) -> None:
     """Deploy ``replicas`` emulated-accelerator replicas batching with ``wait``."""
     args = app_args(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=wait, replicas=replicas)
+    args["model_deployment"]["batching"]["merge_waiting_batches"] = merge
     deploy(args, emulated.emulated_model(COST, record_dir))

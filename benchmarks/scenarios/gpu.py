@@ -1,0 +1,130 @@
+"""BLIP-2 OPT-2.7b (sizes only, random float16 weights) on a GPU: bare model vs the service.
+
+*Bare*: ``Blip2Model.generate`` called in this process on batches of 1 to 32 requests (images
+already at 224x224, as the ingress sends them): the latency of one batch and images/s.
+*Service*: the same model in the model replica, with HTTP clients in a closed loop at the same
+concurrency levels sending 1024x768 JPEGs (``max_batch_size`` 32, ingress replicas decoding and
+resizing), and at twice the largest level to saturate it. Every request generates exactly
+``MAX_NEW_TOKENS`` tokens. Needs CUDA; ``--quick`` runs tiny sizes on the CPU to check the code.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import torch
+
+from benchmarks import gpu_model, plots
+from benchmarks.loadgen import run_load
+from benchmarks.local_serve import app_args, batch_size_counts, deploy, local_serve
+from benchmarks.payloads import vqa_calls
+from benchmarks.report import Contention, batch_figures, machine, write_result
+from benchmarks.settings import Settings
+from serve_app.config import ModelConfig
+from serve_app.schemas import GenerationRequest, GenerationResult
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+MAX_NEW_TOKENS = 20
+BATCH_WAIT_S = 0.02
+INGRESS_REPLICAS = 4
+REPEATS = 5
+
+
+def run(settings: Settings) -> dict[str, Any]:
+    """Measure the bare model, then the service; write ``gpu.json`` and ``.png``."""
+    smoke = settings.quick
+    if not smoke and not torch.cuda.is_available():
+        raise SystemExit("the gpu scenario needs CUDA (--quick checks the code on a CPU)")
+    sizes = BATCH_SIZES[:2] if smoke else BATCH_SIZES
+    args = service_args(smoke)
+    config = ModelConfig.model_validate(args["model"])
+    model = gpu_model.random_opt_2_7b(config, smoke)
+    bare = [measure_bare(model, size, 1 if smoke else REPEATS) for size in sizes]
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    cloudpickle.register_pickle_by_value(gpu_model)
+    calls = vqa_calls("large")
+    service = []
+    with Contention() as contention, local_serve(num_gpus=1) as url:
+        deploy(args, gpu_model.factory(smoke))
+        for concurrency in [*sizes, 2 * max(sizes)]:
+            before = batch_size_counts()
+            load = settings.load(
+                concurrency=concurrency, requests=40 * concurrency, seconds=25, warmup=concurrency
+            )
+            result = run_load(url, calls, load, f"service c{concurrency}")
+            service.append({**result.summary(), **batch_figures(batch_size_counts() - before)})
+    by_size = {point["batch_size"]: point for point in bare}
+    saturated = service[-1]
+    summary = {
+        "scenario": "gpu",
+        "headline": {
+            "bare images/s at batch 32": by_size[max(sizes)]["images_per_s"],
+            "service images/s saturated": saturated["throughput_rps"],
+            "service vs bare at the largest batch": round(
+                saturated["throughput_rps"] / by_size[max(sizes)]["images_per_s"], 3
+            ),
+        },
+        "model": gpu_model.SOURCE,
+        "dtype": str(config.dtype),
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "images": "bare: 224x224 arrays; service: 1024x768 JPEG, base64 in JSON",
+        "batching": {"max_batch_size": max(sizes), "batch_wait_timeout_s": BATCH_WAIT_S},
+        "bare": bare,
+        "service": service,
+        "machine": machine(),
+        "contention": contention.summary,
+    }
+    write_result(settings.results_dir, "gpu-quick" if smoke else "gpu", summary)
+    plots.gpu(summary, settings.results_dir / ("gpu-quick.png" if smoke else "gpu.png"))
+    return summary
+
+
+def service_args(smoke: bool) -> dict[str, Any]:
+    """The service's args: the model on CUDA in float16 (CPU float32 for ``smoke``)."""
+    args = app_args(max_batch_size=max(BATCH_SIZES), batch_wait_timeout_s=BATCH_WAIT_S)
+    args["model"].update(
+        model_id="random:blip2-opt-2.7b",
+        device="cpu" if smoke else "cuda",
+        dtype="float32" if smoke else "float16",
+        default_max_new_tokens=MAX_NEW_TOKENS,
+        max_new_tokens_limit=MAX_NEW_TOKENS,
+    )
+    fixed = {"min_replicas": INGRESS_REPLICAS, "max_replicas": INGRESS_REPLICAS}
+    args["ingress_deployment"].update(autoscaling_config=fixed)
+    return args
+
+
+def measure_bare(model: Any, batch_size: int, repeats: int) -> dict[str, Any]:
+    """Median latency of ``model.generate`` on ``batch_size`` requests, after one warm-up."""
+    rng = np.random.default_rng(batch_size)
+    size = gpu_model.IMAGE_SIZE
+    requests = [
+        GenerationRequest(
+            task="vqa",
+            text="What is in the picture?",
+            image=rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        )
+        for _ in range(batch_size)
+    ]
+    times = []
+    for attempt in range(repeats + 1):
+        started = time.perf_counter()
+        results = model.generate(requests)
+        elapsed = time.perf_counter() - started
+        failed = [r for r in results if not isinstance(r, GenerationResult)]
+        if failed:
+            raise RuntimeError(f"generation failed: {failed[0]!r}")
+        if attempt:
+            times.append(elapsed)
+    latency = statistics.median(times)
+    return {
+        "batch_size": batch_size,
+        "latency_ms": round(latency * 1000, 1),
+        "images_per_s": round(batch_size / latency, 2),
+    }
