@@ -74,7 +74,7 @@ def app_args(
         num_gpus=1,
         num_cpus=0,
         autoscaling_config=fixed,
-        max_ongoing_requests=max(2 * max_batch_size, 8),
+        max_ongoing_requests=4 * max_batch_size,
         batching={"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s},
     )
     args["ingress_deployment"].update(num_cpus=0)

@@ -98,7 +98,9 @@ class ModelDeploymentConfig(_Strict):
     resources: dict[str, float] = Field(default_factory=dict)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_ongoing_requests: int | None = Field(
-        None, ge=1, description="Defaults to twice max_batch_size; never below max_batch_size."
+        None,
+        ge=1,
+        description="Defaults to four times max_batch_size; never below max_batch_size.",
     )
     max_queued_requests: int = Field(256, ge=-1, description="-1 means unbounded.")
     autoscaling_config: dict[str, Any] = Field(
@@ -121,8 +123,8 @@ class ModelDeploymentConfig(_Strict):
 
     @property
     def effective_max_ongoing_requests(self) -> int:
-        """Concurrency a replica accepts: room for a full batch plus the next one."""
-        return self.max_ongoing_requests or 2 * self.batching.max_batch_size
+        """Concurrency a replica accepts: the batch in progress and three more waiting."""
+        return self.max_ongoing_requests or 4 * self.batching.max_batch_size
 
 
 class IngressDeploymentConfig(_Strict):
