@@ -90,13 +90,12 @@ def accelerator(result: dict[str, Any], path: Path) -> None:
     """Achieved throughput against the limit, merged or not, per case; Poisson latency."""
     figure, (rate, latency) = plt.subplots(1, 2, figsize=(13, 4.5))
     saturation = result["saturation"]
-    cases = [p for p in saturation if p["merge_waiting_batches"]]
+    variants = list(dict.fromkeys(p["variant"] for p in saturation))
+    cases = [p for p in saturation if p["variant"] == variants[0]]
     labels = [f"{p['replicas']} replica(s)\nwait {p['batch_wait_timeout_s']:g} s" for p in cases]
     series = {
-        "@serve.batch alone": [
-            p["achieved_vs_limit"] * 100 for p in saturation if not p["merge_waiting_batches"]
-        ],
-        "merged (default)": [p["achieved_vs_limit"] * 100 for p in cases],
+        variant: [p["achieved_vs_limit"] * 100 for p in saturation if p["variant"] == variant]
+        for variant in variants
     }
     grouped_bars(rate, labels, series)
     rate.axhline(90, color="grey", linestyle=":", label="90% goal")
