@@ -102,7 +102,7 @@ def accelerator(result: dict[str, Any], path: Path) -> None:
     rate.set_ylim(0, 115)
     rate.set_ylabel("achieved throughput, % of the replicas' limit")
     rate.set_title("saturated (3 full batches of clients per replica)")
-    rate.legend(fontsize=7, loc="lower right")
+    rate.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     open_loop = result["open_loop_one_replica"]
     offered = [p["offered_vs_limit"] * 100 for p in open_loop["points"]]
     for key, style in (("p50_ms", "o-"), ("p90_ms", "s-"), ("p99_ms", "x--")):
