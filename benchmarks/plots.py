@@ -28,6 +28,17 @@ def _label(value: float, axes: Axes, x: float, fmt: str = "{:.0f}") -> None:
     axes.annotate(fmt.format(value), (x, value), ha="center", va="bottom", fontsize=8)
 
 
+def _log2_axes(panels: Sequence[tuple[Axes, str]], ticks: Sequence[int], xlabel: str) -> None:
+    """Base-2 log x axes with ``ticks``, each panel with its y label, a grid and a legend."""
+    for axes, ylabel in panels:
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(ticks, [str(tick) for tick in ticks])
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+
+
 def batching(result: dict[str, Any], path: Path) -> None:
     """Throughput, latency and achieved batch size against ``max_batch_size``, per wait."""
     figure, (rate, latency, size) = plt.subplots(1, 3, figsize=(13, 4))
@@ -41,13 +52,8 @@ def batching(result: dict[str, Any], path: Path) -> None:
         size.plot(sizes, [p["mean_batch_size"] for p in points], "o-", label=f"wait {wait:g} s")
     size.plot([1, 16], [1, 16], ":", color="grey", label="full batches")
     all_sizes = sorted({p["max_batch_size"] for p in result["points"]})
-    for axes, ylabel in ((rate, "requests/s"), (latency, "latency (ms)"), (size, "mean batch")):
-        axes.set_xscale("log", base=2)
-        axes.set_xticks(all_sizes, [str(s) for s in all_sizes])
-        axes.set_xlabel("max_batch_size")
-        axes.set_ylabel(ylabel)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
+    panels = ((rate, "requests/s"), (latency, "latency (ms)"), (size, "mean batch"))
+    _log2_axes(panels, all_sizes, "max_batch_size")
     rate.set_title("throughput")
     latency.set_title("latency")
     size.set_title("achieved batch size")
@@ -124,13 +130,7 @@ def baseline(result: dict[str, Any], path: Path) -> None:
         rate.plot(levels, [p["throughput_rps"] for p in points], "o-", label=name)
         latency.plot(levels, [p["p99_ms"] for p in points], "o-", label=f"{name} p99")
         latency.plot(levels, [p["p50_ms"] for p in points], "x:", label=f"{name} p50")
-    for axes, ylabel in ((rate, "requests/s"), (latency, "latency (ms)")):
-        axes.set_xscale("log", base=2)
-        axes.set_xticks(levels, [str(level) for level in levels])
-        axes.set_xlabel("concurrent clients")
-        axes.set_ylabel(ylabel)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
+    _log2_axes(((rate, "requests/s"), (latency, "latency (ms)")), levels, "concurrent clients")
     rate.set_title("throughput")
     latency.set_title("latency")
     _save(figure, path, f"Service vs a hand-rolled FastAPI server ({result['model']})")
@@ -241,14 +241,11 @@ def gpu(result: dict[str, Any], path: Path) -> None:
     latency.plot(sizes, [p["latency_ms"] for p in bare], "o-", label="bare model, one batch")
     latency.plot(levels, [p["p50_ms"] for p in service], "s-", label="service p50")
     latency.plot(levels, [p["p99_ms"] for p in service], "x--", label="service p99")
-    ticks = sorted({*sizes, *levels})
-    for axes, ylabel in ((rate, "images/s"), (latency, "latency (ms)")):
-        axes.set_xscale("log", base=2)
-        axes.set_xticks(ticks, [str(t) for t in ticks])
-        axes.set_xlabel("n: batch size (bare) or concurrent clients (service)")
-        axes.set_ylabel(ylabel)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
+    _log2_axes(
+        ((rate, "images/s"), (latency, "latency (ms)")),
+        sorted({*sizes, *levels}),
+        "n: batch size (bare) or concurrent clients (service)",
+    )
     rate.set_title("throughput")
     latency.set_title("latency")
     gpu_name = result["machine"]["gpu"]
