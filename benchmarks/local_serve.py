@@ -15,11 +15,12 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import ray
 import yaml
-from ray import serve
+from ray import cloudpickle, serve
 from ray.serve.schema import ServeDeploySchema
 
 from benchmarks import procs
@@ -79,6 +80,11 @@ def app_args(
     )
     args["ingress_deployment"].update(num_cpus=0)
     return args
+
+
+def ship_by_value(module: ModuleType) -> None:
+    """Send ``module``'s code to Ray's workers inside what is pickled, not as an import."""
+    cloudpickle.register_pickle_by_value(module)  # type: ignore[no-untyped-call]
 
 
 def deploy(args: dict[str, Any], model_factory: ModelFactory | None = None) -> None:

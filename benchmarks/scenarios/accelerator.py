@@ -19,11 +19,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
 from benchmarks import emulated, plots
 from benchmarks.loadgen import run_load
-from benchmarks.local_serve import app_args, deploy, local_serve
+from benchmarks.local_serve import app_args, deploy, local_serve, ship_by_value
 from benchmarks.payloads import vqa_calls
 from benchmarks.report import Contention, batch_figures, machine, write_result
 from benchmarks.settings import Settings
@@ -47,7 +45,7 @@ VARIANTS = {
 
 def run(settings: Settings) -> dict[str, Any]:
     """Saturate one and two replicas, then offer Poisson load to one; write the results."""
-    cloudpickle.register_pickle_by_value(emulated)
+    ship_by_value(emulated)
     calls = vqa_calls("small")
     replica_counts = REPLICAS[:1] if settings.quick else REPLICAS
     waits = WAITS_S[:1] if settings.quick else WAITS_S

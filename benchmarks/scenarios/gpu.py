@@ -14,13 +14,12 @@ import statistics
 import time
 from typing import Any
 
-import cloudpickle
 import numpy as np
 import torch
 
 from benchmarks import gpu_model, plots
 from benchmarks.loadgen import run_load
-from benchmarks.local_serve import app_args, batch_size_counts, deploy, local_serve
+from benchmarks.local_serve import app_args, batch_size_counts, deploy, local_serve, ship_by_value
 from benchmarks.payloads import vqa_calls
 from benchmarks.report import Contention, batch_figures, machine, write_result
 from benchmarks.settings import Settings
@@ -47,7 +46,7 @@ def run(settings: Settings) -> dict[str, Any]:
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    cloudpickle.register_pickle_by_value(gpu_model)
+    ship_by_value(gpu_model)
     calls = vqa_calls("large")
     service = []
     with Contention() as contention, local_serve(num_gpus=1) as url:

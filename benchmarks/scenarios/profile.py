@@ -22,12 +22,18 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 from ray import serve
 
 from benchmarks import full_resolution, plots, procs, profiling
 from benchmarks.loadgen import Load, run_load
-from benchmarks.local_serve import APP_NAME, app_args, deploy, local_serve, serve_pids
+from benchmarks.local_serve import (
+    APP_NAME,
+    app_args,
+    deploy,
+    local_serve,
+    serve_pids,
+    ship_by_value,
+)
 from benchmarks.payloads import ImageKind, image_bytes, vqa_calls
 from benchmarks.report import Contention, machine, write_result
 from benchmarks.settings import Settings
@@ -53,7 +59,7 @@ def run(settings: Settings) -> dict[str, Any]:
     Before and after alternate for ``ROUNDS`` rounds, so a drift in the machine's speed
     during the run weighs on both alike; each variant's figures are the mean of its runs.
     """
-    cloudpickle.register_pickle_by_value(full_resolution)
+    ship_by_value(full_resolution)
     seconds = 4.0 if settings.quick else MEASURE_S
     rounds = 1 if settings.quick else ROUNDS
     schedule = [*(VARIANTS[:2] * rounds), VARIANTS[2]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import cloudpickle
+from ray import cloudpickle
 
 import tests.support.fakes
 

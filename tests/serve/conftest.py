@@ -6,10 +6,9 @@ import os
 import socket
 from collections.abc import Iterator
 
-import cloudpickle
 import pytest
 import ray
-from ray import serve
+from ray import cloudpickle, serve
 
 import tests.support.fakes
 
