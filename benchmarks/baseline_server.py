@@ -25,8 +25,9 @@ from PIL import Image
 from pydantic import BaseModel
 
 from serve_app.config import ModelConfig
-from serve_app.model import Blip2Model
-from serve_app.schemas import GenerationParams, GenerationRequest, GenerationResult
+from serve_app.contract.api import GenerationParams
+from serve_app.model.blip2 import Blip2Model
+from serve_app.model.types import ModelRequest, ModelResult
 
 
 class ImageData(BaseModel):
@@ -56,12 +57,12 @@ def create_app(config: ModelConfig) -> FastAPI:
     @app.post("/v1/vqa")
     def vqa(body: Question) -> dict[str, Any]:
         pixels = Image.open(io.BytesIO(base64.b64decode(body.image.data))).convert("RGB")
-        request = GenerationRequest(
+        request = ModelRequest(
             task="vqa", text=body.question, image=np.asarray(pixels), params=body.params
         )
         with one_at_a_time:
             result = model.generate([request])[0]
-        if not isinstance(result, GenerationResult):
+        if not isinstance(result, ModelResult):
             raise HTTPException(500, "generation failed")
         return {"answer": result.text, "model": config.name}
 

@@ -14,11 +14,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from serve_app.batch_events import GenerationObserver
+from serve_app.batching.streams import GenerationObserver
 from serve_app.config import ModelConfig
-from serve_app.schemas import GenerationRequest, GenerationResult
+from serve_app.model.types import ModelInfo, ModelRequest, ModelResult
 
 
 @dataclass(frozen=True)
@@ -50,26 +49,26 @@ class EmulatedAcceleratorModel:
         self._record = record_dir / f"{os.getpid()}.txt"
 
     def generate(
-        self, requests: Sequence[GenerationRequest], observer: GenerationObserver | None = None
-    ) -> list[GenerationResult | Exception]:
+        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
+    ) -> list[ModelResult | Exception]:
         """Wait the batch's time without using the CPU, then answer every request."""
         time.sleep(self._cost.seconds(len(requests)))
         with self._record.open("a") as record:
             record.write(f"{len(requests)}\n")
         return [
-            GenerationResult(text=f"emulated:{r.text}", prompt_tokens=1, completion_tokens=1)
+            ModelResult(text=f"emulated:{r.text}", prompt_tokens=1, completion_tokens=1)
             for r in requests
         ]
 
-    def describe(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         """What a model replica describes; the device is named as emulated."""
-        return {
-            "source": "emulated-accelerator",
-            "family": "opt",
-            "dtype": "float16",
-            "device": "emulated",
-            "num_query_tokens": 32,
-        }
+        return ModelInfo(
+            source="emulated-accelerator",
+            family="opt",
+            dtype="float16",
+            device="emulated",
+            num_query_tokens=32,
+        )
 
 
 def emulated_model(

@@ -8,12 +8,11 @@ ingress. Only the ``before`` side of a before/after measurement uses it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from serve_app.batch_events import GenerationObserver
+from serve_app.batching.streams import GenerationObserver
 from serve_app.config import ModelConfig
-from serve_app.model import Blip2Model
-from serve_app.schemas import GenerationRequest, GenerationResult
+from serve_app.model.blip2 import Blip2Model
+from serve_app.model.types import ModelInfo, ModelRequest, ModelResult
 
 
 class FullResolutionBlip2:
@@ -23,11 +22,11 @@ class FullResolutionBlip2:
         self._model = Blip2Model.load(config)
 
     def generate(
-        self, requests: Sequence[GenerationRequest], observer: GenerationObserver | None = None
-    ) -> list[GenerationResult | Exception]:
+        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
+    ) -> list[ModelResult | Exception]:
         """Generate exactly as ``Blip2Model`` does."""
         return self._model.generate(requests, observer)
 
-    def describe(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         """The model's description with no image input size."""
-        return {**self._model.describe(), "image_input": None}
+        return self._model.info().model_copy(update={"image_input": None})

@@ -29,9 +29,10 @@ from transformers import (
 )
 
 from serve_app.config import TINY_RANDOM_OPT, ModelConfig
-from serve_app.devices import resolve_device, resolve_dtype
-from serve_app.model import Blip2Model
-from serve_app.tiny_models import resolve_builtin
+from serve_app.model.blip2 import Blip2Model
+from serve_app.model.builtin import resolve_builtin
+from serve_app.model.checkpoints import blip2_config
+from serve_app.model.devices import resolve_device, resolve_dtype
 
 SOURCE = "random weights, Salesforce/blip2-opt-2.7b sizes"
 IMAGE_SIZE = 224
@@ -70,13 +71,8 @@ def opt_2_7b_config(tokenizer: Any, smoke: bool = False) -> Blip2Config:
         vocab_size=50304,
         max_position_embeddings=2048,
     )
-    return Blip2Config(
-        vision_config=vision.to_dict(),
-        qformer_config=qformer.to_dict(),
-        text_config=text.to_dict(),
-        num_query_tokens=NUM_QUERY_TOKENS,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-    )
+    config: Blip2Config = blip2_config(vision, qformer, text, NUM_QUERY_TOKENS, tokenizer)
+    return config
 
 
 def random_opt_2_7b(config: ModelConfig, smoke: bool = False) -> Blip2Model:

@@ -18,13 +18,15 @@ from collections.abc import Sequence
 import torch
 
 from benchmarks.loadgen import Call, Load, LoadResult, drive
-from serve_app.batch_events import GenerationObserver, RequestStream
-from serve_app.batch_scheduler import BatchScheduler, QueuedRequest
+from serve_app.batching.scheduler import BatchScheduler, QueuedRequest
+from serve_app.batching.streams import GenerationObserver, RequestStream
 from serve_app.config import LimitsConfig
-from serve_app.errors import ServeAppError
-from serve_app.images import ModelImageInput, fit_to_model_input, load_image
-from serve_app.model import Blip2Model
-from serve_app.schemas import GenerationRequest, GenerationResult, VQARequest
+from serve_app.contract.api import VQARequest
+from serve_app.contract.errors import ServeAppError
+from serve_app.images.resize import fit_to_model_input
+from serve_app.images.sources import load_image
+from serve_app.model.blip2 import Blip2Model
+from serve_app.model.types import ModelRequest, ModelResult
 
 TORCH_THREADS = 1
 """What Ray gives its workers (``OMP_NUM_THREADS=1``), so both sides compute alike."""
@@ -45,7 +47,7 @@ class InProcessBatcher:
         self._scheduler = BatchScheduler(self._generate, max_batch_size)
         self.batch_sizes: Counter[int] = Counter()
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult | Exception:
+    async def generate(self, request: ModelRequest) -> ModelResult | Exception:
         """Queue one request; its outcome once its batch has run."""
         queued = QueuedRequest(request, RequestStream())
         await self._queue.put(queued)
@@ -68,8 +70,8 @@ class InProcessBatcher:
             self._scheduler.submit(batch)
 
     def _generate(
-        self, requests: list[GenerationRequest], observer: GenerationObserver
-    ) -> list[GenerationResult | Exception]:
+        self, requests: list[ModelRequest], observer: GenerationObserver
+    ) -> list[ModelResult | Exception]:
         self.batch_sizes[len(requests)] += 1
         return self._model.generate(requests, observer)
 
@@ -84,7 +86,7 @@ def run_in_process(
     """Run ``load`` (closed loop) in process; the result and the batch sizes that formed."""
     torch.set_num_threads(TORCH_THREADS)
     limits = LimitsConfig()
-    image_input = ModelImageInput.from_description(model.describe())
+    image_input = model.image_input()
     batcher = InProcessBatcher(model, max_batch_size, batch_wait_timeout_s)
 
     async def send(call: Call) -> str:
@@ -93,13 +95,11 @@ def run_in_process(
             pixels = await load_image(body.image, limits)
             if image_input is not None:
                 pixels = await asyncio.to_thread(fit_to_model_input, pixels, image_input)
-            request = GenerationRequest(
-                task="vqa", text=body.question, image=pixels, params=body.params
-            )
+            request = ModelRequest(task="vqa", text=body.question, image=pixels, params=body.params)
             result = await batcher.generate(request)
         except ServeAppError as error:
             return str(error.status_code)
-        return "200" if isinstance(result, GenerationResult) else type(result).__name__
+        return "200" if isinstance(result, ModelResult) else type(result).__name__
 
     async def main() -> LoadResult:
         batches = asyncio.create_task(batcher.form_batches())

@@ -25,8 +25,8 @@ from ray.serve.schema import ServeDeploySchema
 
 from benchmarks import procs
 from serve_app.app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, build_application
-from serve_app.config import TINY_RANDOM_OPT, AppConfig
-from serve_app.server import ModelFactory
+from serve_app.config import TINY_RANDOM_OPT, AppConfig, BatchingConfig
+from serve_app.deployments.server import ModelFactory
 
 APP_NAME = "blip2"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +61,10 @@ def local_serve(num_gpus: int = 2) -> Iterator[str]:
 
 
 def app_args(
-    model_id: str = DEFAULT_MODEL,
-    max_batch_size: int = 16,
-    batch_wait_timeout_s: float = 0.01,
-    replicas: int = 1,
+    model_id: str = DEFAULT_MODEL, max_batch_size: int = 16, replicas: int = 1
 ) -> dict[str, Any]:
-    """The CPU config's application args with the given model, batching and replica count."""
+    """The CPU config's application args with the given model and replica count, admitting
+    four batches of ``max_batch_size`` per replica."""
     config = yaml.safe_load(CPU_CONFIG.read_text())
     args: dict[str, Any] = copy.deepcopy(config["applications"][0]["args"])
     args["model"]["model_id"] = model_id
@@ -76,7 +74,6 @@ def app_args(
         num_cpus=0,
         autoscaling_config=fixed,
         max_ongoing_requests=4 * max_batch_size,
-        batching={"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s},
     )
     args["ingress_deployment"].update(num_cpus=0)
     return args
@@ -87,10 +84,12 @@ def ship_by_value(module: ModuleType) -> None:
     cloudpickle.register_pickle_by_value(module)  # type: ignore[no-untyped-call]
 
 
-def deploy(args: dict[str, Any], model_factory: ModelFactory | None = None) -> None:
+def deploy(
+    args: dict[str, Any], batching: BatchingConfig, model_factory: ModelFactory | None = None
+) -> None:
     """Deploy (or update in place) the application and wait until it runs."""
-    config = AppConfig.model_validate(args)
-    serve.run(build_application(config, model_factory), name=APP_NAME, route_prefix="/")
+    application = build_application(AppConfig.model_validate(args), model_factory, batching)
+    serve.run(application, name=APP_NAME, route_prefix="/")
 
 
 def batch_size_counts() -> Counter[int]:
@@ -129,8 +128,8 @@ def deploy_config(args: dict[str, Any], max_batch_size: int, batch_wait_timeout_
         status = serve.status().applications.get(APP_NAME)
         if status is not None and status.status.value == "RUNNING":
             handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, APP_NAME)
-            described = handle.describe.remote().result()
-            if all(described[key] == value for key, value in batching.items()):
+            live = handle.describe.remote().result().batching.model_dump()
+            if all(live[key] == value for key, value in batching.items()):
                 return
         time.sleep(0.25)
     raise RuntimeError(f"the application did not run with batching {batching} in time")

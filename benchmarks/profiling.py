@@ -13,14 +13,14 @@ from collections import Counter
 from pathlib import Path
 
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("image resize + normalise (model processor)", ("Blip2Model._prepare",)),
+    ("image resize + normalise (model processor)", ("InputBuilder.prepare",)),
     ("generate (vision, Q-Former, language model)", ("Blip2Model._run (",)),
     ("image resize to the model input", ("fit_to_model_input",)),
     ("image decode (PNG/JPEG to RGB)", ("decode_image", "_decode_data")),
-    ("request body (read, JSON, validation)", ("serve_app/http_body.py",)),
+    ("request body (read, JSON, validation)", ("serve_app/http/body.py",)),
     (
         "HTTP (uvicorn, Starlette, FastAPI)",
-        ("uvicorn/", "starlette/", "fastapi/", "serve_app/http_metrics.py"),
+        ("uvicorn/", "starlette/", "fastapi/", "serve_app/http/metrics.py"),
     ),
     (
         "serialise / send / receive across Ray",

@@ -5,8 +5,7 @@ the application builder lives in ``serve_app.app:build_app``.
 """
 
 from serve_app.config import AppConfig, BatchingConfig, LimitsConfig, ModelConfig
-from serve_app.errors import ServeAppError
-from serve_app.schemas import (
+from serve_app.contract.api import (
     CaptionRequest,
     CaptionResponse,
     GenerateRequest,
@@ -17,6 +16,7 @@ from serve_app.schemas import (
     VQARequest,
     VQAResponse,
 )
+from serve_app.contract.errors import ServeAppError
 
 __all__ = [
     "AppConfig",

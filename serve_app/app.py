@@ -5,9 +5,9 @@ import math
 from ray import serve
 from ray.serve import Application
 
-from serve_app.config import AppConfig
-from serve_app.ingress import Blip2Ingress
-from serve_app.server import Blip2Server, ModelFactory
+from serve_app.config import AppConfig, BatchingConfig
+from serve_app.deployments.ingress import Blip2Ingress
+from serve_app.deployments.server import Blip2Server, ModelFactory
 
 MODEL_DEPLOYMENT = "Blip2Server"
 INGRESS_DEPLOYMENT = "Blip2Ingress"
@@ -17,15 +17,25 @@ def build_app(args: AppConfig) -> Application:
     """The application builder named in ``serve_config.yaml`` (``serve_app.app:build_app``).
 
     Serve validates the config's ``args`` into ``AppConfig`` before calling this, so bad
-    configuration fails ``serve run`` / ``serve deploy`` with pydantic's message.
+    configuration fails ``serve run`` / ``serve deploy`` with pydantic's message. Batching is
+    the model deployment's ``user_config`` (``deployments[].user_config`` in the file).
     """
     return build_application(args)
 
 
-def build_application(config: AppConfig, model_factory: ModelFactory | None = None) -> Application:
-    """Bind the deployment graph; ``model_factory`` swaps in another model (tests, benchmarks)."""
+def build_application(
+    config: AppConfig,
+    model_factory: ModelFactory | None = None,
+    batching: BatchingConfig | None = None,
+) -> Application:
+    """Bind the deployment graph.
+
+    Args:
+        config: The application's settings.
+        model_factory: Another model than BLIP-2 as configured (tests, benchmarks).
+        batching: The model deployment's initial ``user_config`` (defaults otherwise).
+    """
     server_options = config.model_deployment
-    ongoing = server_options.effective_max_ongoing_requests
     model = serve.deployment(
         name=MODEL_DEPLOYMENT,
         ray_actor_options={
@@ -33,10 +43,10 @@ def build_application(config: AppConfig, model_factory: ModelFactory | None = No
             "num_cpus": server_options.num_cpus,
             "resources": server_options.resources,
         },
-        max_ongoing_requests=ongoing,
+        max_ongoing_requests=server_options.max_ongoing_requests,
         max_queued_requests=server_options.max_queued_requests,
         autoscaling_config=server_options.autoscaling_config,
-        user_config=server_options.batching.model_dump(),
+        user_config=(batching or BatchingConfig()).model_dump(),
         health_check_period_s=server_options.health_check_period_s,
         health_check_timeout_s=server_options.health_check_timeout_s,
     )(Blip2Server)
@@ -48,10 +58,9 @@ def build_application(config: AppConfig, model_factory: ModelFactory | None = No
         max_queued_requests=ingress_options.max_queued_requests,
         autoscaling_config=ingress_options.autoscaling_config,
     )(Blip2Ingress)
-    model_config = config.model
-    if model_config.cpu_threads is None:
+    model_options = config.model
+    if model_options.cpu_threads is None:
         threads = max(1, math.ceil(server_options.num_cpus))
-        model_config = model_config.model_copy(update={"cpu_threads": threads})
-    return ingress.bind(
-        model.bind(model_config, ongoing, model_factory), model_config, config.limits, config.auth
-    )
+        model_options = model_options.model_copy(update={"cpu_threads": threads})
+    server = model.bind(model_options, server_options.max_ongoing_requests, model_factory)
+    return ingress.bind(server, model_options, config.limits, config.auth)

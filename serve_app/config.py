@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from serve_app.contract.api import GenerationParams
+from serve_app.contract.base import StrictModel
+from serve_app.contract.errors import InvalidRequestError
 
 TINY_RANDOM_OPT = "builtin:tiny-random-blip2-opt"
 """An untrained, few-hundred-kilobyte BLIP-2 (OPT family) built from a small config."""
@@ -14,15 +18,13 @@ TINY_RANDOM_T5 = "builtin:tiny-random-blip2-t5"
 
 DEFAULT_VQA_TEMPLATE = "Question: {question} Answer:"
 
+DEFAULT_MAX_BATCH_SIZE = 8
+
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float16", "bfloat16", "float32"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """Which BLIP-2 to load, where, and the generation limits callers must stay within."""
 
     model_id: str = Field(
@@ -70,11 +72,39 @@ class ModelConfig(_Strict):
         """The model name clients see."""
         return self.served_name or self.model_id
 
+    def effective_params(self, params: GenerationParams) -> GenerationParams:
+        """``params`` with the server's defaults applied, checked against its caps.
 
-class BatchingConfig(_Strict):
-    """``@serve.batch`` settings; the model deployment's ``user_config``, changeable live."""
+        Settings that cannot matter (sampling settings of greedy requests) are normalised, so
+        requests that generate alike compare equal and can share a ``generate`` call.
 
-    max_batch_size: int = Field(8, ge=1, le=512)
+        Raises:
+            InvalidRequestError: ``max_new_tokens`` or ``num_beams`` over the caps.
+        """
+        max_new = params.max_new_tokens or self.default_max_new_tokens
+        if max_new > self.max_new_tokens_limit:
+            raise InvalidRequestError(
+                f"max_new_tokens must be at most {self.max_new_tokens_limit}",
+                "params.max_new_tokens",
+            )
+        if params.num_beams > self.max_num_beams:
+            raise InvalidRequestError(
+                f"num_beams must be at most {self.max_num_beams}", "params.num_beams"
+            )
+        update: dict[str, Any] = {"max_new_tokens": max_new}
+        if not params.do_sample:
+            update.update(temperature=1.0, top_p=1.0, seed=None)
+        return params.model_copy(update=update)
+
+
+class BatchingConfig(StrictModel):
+    """How the model deployment batches: its ``user_config``, changed live by ``serve deploy``.
+
+    Set it under ``deployments[].user_config`` of the model deployment in a Serve config file
+    (or pass it to ``build_application``); its defaults are the only defaults.
+    """
+
+    max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=512)
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
     merge_waiting_batches: bool = Field(
         True,
@@ -90,17 +120,17 @@ def _validate_autoscaling(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-class ModelDeploymentConfig(_Strict):
+class ModelDeploymentConfig(StrictModel):
     """Resources, queueing and autoscaling of the GPU-pinned ``Blip2Server`` deployment."""
 
     num_gpus: float = Field(1.0, ge=0.0, description="GPUs per replica; fractions allowed.")
     num_cpus: float = Field(1.0, ge=0.0)
     resources: dict[str, float] = Field(default_factory=dict)
-    batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    max_ongoing_requests: int | None = Field(
-        None,
+    max_ongoing_requests: int = Field(
+        4 * DEFAULT_MAX_BATCH_SIZE,
         ge=1,
-        description="Defaults to four times max_batch_size; never below max_batch_size.",
+        description="Requests a replica holds: room for the batch in progress and three more "
+        "waiting. A max_batch_size above it is refused when batching is applied.",
     )
     max_queued_requests: int = Field(256, ge=-1, description="-1 means unbounded.")
     autoscaling_config: dict[str, Any] = Field(
@@ -111,23 +141,8 @@ class ModelDeploymentConfig(_Strict):
 
     _check_autoscaling = field_validator("autoscaling_config")(_validate_autoscaling)
 
-    @model_validator(mode="after")
-    def _room_for_a_full_batch(self) -> ModelDeploymentConfig:
-        ongoing = self.max_ongoing_requests
-        if ongoing is not None and ongoing < self.batching.max_batch_size:
-            raise ValueError(
-                f"max_ongoing_requests ({ongoing}) is below batching.max_batch_size "
-                f"({self.batching.max_batch_size}): full batches could never form"
-            )
-        return self
 
-    @property
-    def effective_max_ongoing_requests(self) -> int:
-        """Concurrency a replica accepts: the batch in progress and three more waiting."""
-        return self.max_ongoing_requests or 4 * self.batching.max_batch_size
-
-
-class IngressDeploymentConfig(_Strict):
+class IngressDeploymentConfig(StrictModel):
     """Resources, queueing and autoscaling of the CPU ingress deployment."""
 
     num_cpus: float = Field(1.0, ge=0.0)
@@ -144,7 +159,7 @@ class IngressDeploymentConfig(_Strict):
     _check_autoscaling = field_validator("autoscaling_config")(_validate_autoscaling)
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(StrictModel):
     """Caps on what a caller controls, enforced in the ingress."""
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
@@ -172,7 +187,7 @@ class LimitsConfig(_Strict):
         return normalised
 
 
-class AuthConfig(_Strict):
+class AuthConfig(StrictModel):
     """Bearer tokens the HTTP API accepts; authentication is on when any source is set.
 
     Keep tokens out of committed files: name an environment variable or a file that holds them
@@ -193,7 +208,7 @@ class AuthConfig(_Strict):
         return bool(self.api_keys_env or self.api_keys_file or self.api_keys)
 
 
-class AppConfig(_Strict):
+class AppConfig(StrictModel):
     """Everything ``build_app`` needs; the ``args`` of the application in ``serve_config.yaml``."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -48,9 +48,34 @@ class ServerMetrics:
             tag_keys=("code",),
         )
 
+    def observe_waits(self, waits: list[float]) -> None:
+        """Record how long each request of a starting batch waited for it."""
+        for wait in waits:
+            self.queue_wait.observe(wait)
+
 
 class IngressMetrics:
-    """What the ingress reports about HTTP traffic and images."""
+    """What the ingress reports about the images it decodes (an ``ImageObserver``)."""
+
+    def __init__(self) -> None:
+        self.image_bytes = Histogram(
+            "blip2_image_bytes", description="Size of images received.", boundaries=BYTES
+        )
+        self.decode_time = Histogram(
+            "blip2_image_decode_seconds",
+            description="Time to fetch (for URLs) and decode one image.",
+            boundaries=SECONDS,
+        )
+
+    def on_image(self, seconds: float, size: int | None) -> None:
+        """Record one decoded image."""
+        self.decode_time.observe(seconds)
+        if size is not None:
+            self.image_bytes.observe(size)
+
+
+class HttpMetrics:
+    """What the ingress reports about HTTP traffic."""
 
     def __init__(self) -> None:
         self.requests = Counter(
@@ -69,11 +94,7 @@ class IngressMetrics:
             boundaries=SECONDS,
             tag_keys=("endpoint",),
         )
-        self.image_bytes = Histogram(
-            "blip2_image_bytes", description="Size of images received.", boundaries=BYTES
-        )
-        self.decode_time = Histogram(
-            "blip2_image_decode_seconds",
-            description="Time to fetch (for URLs) and decode one image.",
-            boundaries=SECONDS,
-        )
+
+    def count_error(self, endpoint: str, code: str) -> None:
+        """Count an error response by endpoint and error code."""
+        self.errors.inc(tags={"endpoint": endpoint, "code": code})

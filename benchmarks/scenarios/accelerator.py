@@ -25,6 +25,7 @@ from benchmarks.local_serve import app_args, deploy, local_serve, ship_by_value
 from benchmarks.payloads import vqa_calls
 from benchmarks.report import Contention, batch_figures, machine, write_result
 from benchmarks.settings import Settings
+from serve_app.config import BatchingConfig
 
 COST = emulated.BatchCost(fixed_ms=300.0, per_item_ms=15.0)
 MAX_BATCH_SIZE = 16
@@ -113,7 +114,9 @@ def deploy_emulated(
     replicas: int, wait: float, merge: bool, admitted: int, record_dir: Path
 ) -> None:
     """Deploy ``replicas`` emulated-accelerator replicas batching with ``wait``."""
-    args = app_args(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=wait, replicas=replicas)
-    args["model_deployment"]["batching"]["merge_waiting_batches"] = merge
+    args = app_args(max_batch_size=MAX_BATCH_SIZE, replicas=replicas)
     args["model_deployment"]["max_ongoing_requests"] = admitted
-    deploy(args, emulated.emulated_model(COST, record_dir))
+    batching = BatchingConfig(
+        max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=wait, merge_waiting_batches=merge
+    )
+    deploy(args, batching, emulated.emulated_model(COST, record_dir))

@@ -23,8 +23,8 @@ from benchmarks.local_serve import app_args, batch_size_counts, deploy, local_se
 from benchmarks.payloads import vqa_calls
 from benchmarks.report import Contention, batch_figures, machine, write_result
 from benchmarks.settings import Settings
-from serve_app.config import ModelConfig
-from serve_app.schemas import GenerationRequest, GenerationResult
+from serve_app.config import BatchingConfig, ModelConfig
+from serve_app.model.types import ModelRequest, ModelResult
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 MAX_NEW_TOKENS = 20
@@ -50,7 +50,8 @@ def run(settings: Settings) -> dict[str, Any]:
     calls = vqa_calls("large")
     service = []
     with Contention() as contention, local_serve(num_gpus=1) as url:
-        deploy(args, gpu_model.factory(smoke))
+        batching = BatchingConfig(max_batch_size=max(sizes), batch_wait_timeout_s=BATCH_WAIT_S)
+        deploy(args, batching, gpu_model.factory(smoke))
         for concurrency in [*sizes, 2 * max(sizes)]:
             before = batch_size_counts()
             load = settings.load(
@@ -87,7 +88,7 @@ def run(settings: Settings) -> dict[str, Any]:
 
 def service_args(smoke: bool) -> dict[str, Any]:
     """The service's args: the model on CUDA in float16 (CPU float32 for ``smoke``)."""
-    args = app_args(max_batch_size=max(BATCH_SIZES), batch_wait_timeout_s=BATCH_WAIT_S)
+    args = app_args(max_batch_size=max(BATCH_SIZES))
     args["model"].update(
         model_id="random:blip2-opt-2.7b",
         device="cpu" if smoke else "cuda",
@@ -105,7 +106,7 @@ def measure_bare(model: Any, batch_size: int, repeats: int) -> dict[str, Any]:
     rng = np.random.default_rng(batch_size)
     size = gpu_model.IMAGE_SIZE
     requests = [
-        GenerationRequest(
+        ModelRequest(
             task="vqa",
             text="What is in the picture?",
             image=rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
@@ -117,7 +118,7 @@ def measure_bare(model: Any, batch_size: int, repeats: int) -> dict[str, Any]:
         started = time.perf_counter()
         results = model.generate(requests)
         elapsed = time.perf_counter() - started
-        failed = [r for r in results if not isinstance(r, GenerationResult)]
+        failed = [r for r in results if not isinstance(r, ModelResult)]
         if failed:
             raise RuntimeError(f"generation failed: {failed[0]!r}")
         if attempt:

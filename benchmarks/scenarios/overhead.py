@@ -19,7 +19,7 @@ from benchmarks.payloads import vqa_calls
 from benchmarks.report import Contention, batch_figures, machine, mean_of_rounds, write_result
 from benchmarks.settings import Settings
 from serve_app.config import ModelConfig
-from serve_app.model import Blip2Model
+from serve_app.model.blip2 import Blip2Model
 
 CONCURRENCY_LEVELS = (1, 16)
 BATCHING = ((16, 0.01), (16, 0.1))

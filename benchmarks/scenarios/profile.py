@@ -38,9 +38,9 @@ from benchmarks.payloads import ImageKind, image_bytes, vqa_calls
 from benchmarks.report import Contention, machine, write_result
 from benchmarks.settings import Settings
 from serve_app.app import MODEL_DEPLOYMENT
-from serve_app.config import LimitsConfig
-from serve_app.images import decode_image
-from serve_app.server import ModelFactory
+from serve_app.config import BatchingConfig, LimitsConfig
+from serve_app.deployments.server import ModelFactory
+from serve_app.images.decode import decode_image
 
 CONCURRENCY = 16
 MAX_BATCH_SIZE, WAIT_S = 16, 0.1
@@ -66,7 +66,8 @@ def run(settings: Settings) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in VARIANTS}
     with Contention() as contention, local_serve() as url:
         for name, kind, factory in schedule:
-            deploy(app_args(settings.model_id, MAX_BATCH_SIZE, WAIT_S), factory)
+            batching = BatchingConfig(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=WAIT_S)
+            deploy(app_args(settings.model_id, MAX_BATCH_SIZE), batching, factory)
             calls = vqa_calls(kind)
             run_load(url, calls, settings.load(concurrency=CONCURRENCY, requests=64), "warm-up")
             folder = settings.results_dir / "profiles" / re.sub(r"\W+", "-", name)

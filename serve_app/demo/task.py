@@ -184,19 +184,13 @@ def ask(family: Family, scene: Scene, rng: random.Random) -> tuple[str, str] | N
             return f"How many {color} {shape}s are there?", NUMBERS[count]
         return "How many objects are there?", NUMBERS[len(scene.objects)]
     if family == "color":
-        unique_shapes = [s for s in SHAPES if _count(kinds, shape=s) == 1]
-        if not unique_shapes:
-            return None
-        shape = rng.choice(unique_shapes)
-        (obj,) = [o for o in scene.objects if o.shape == shape]
-        return f"What color is the {shape}?", obj.color
+        only_shape = _unique(kinds, SHAPES, rng, "shape")
+        obj = next((o for o in scene.objects if o.shape == only_shape), None)
+        return None if obj is None else (f"What color is the {only_shape}?", obj.color)
     if family == "shape":
-        unique_colors = [c for c in COLORS if _count(kinds, color=c) == 1]
-        if not unique_colors:
-            return None
-        color = rng.choice(unique_colors)
-        (obj,) = [o for o in scene.objects if o.color == color]
-        return f"What shape is the {color} object?", obj.shape
+        only_color = _unique(kinds, list(COLORS), rng, "color")
+        obj = next((o for o in scene.objects if o.color == only_color), None)
+        return None if obj is None else (f"What shape is the {only_color} object?", obj.shape)
     if rng.random() < 0.5:
         color, shape = rng.choice(scene.objects).kind
     else:
@@ -210,6 +204,14 @@ def _any_kind(rng: random.Random) -> Kind:
 
 def _all_kinds() -> set[Kind]:
     return {(color, shape) for color in COLORS for shape in SHAPES}
+
+
+def _unique(
+    kinds: Counter[Kind], values: Sequence[str], rng: random.Random, attribute: str
+) -> str | None:
+    """One of ``values`` that exactly one object has as its ``attribute`` (None if none)."""
+    unique = [v for v in values if _count(kinds, **{attribute: v}) == 1]
+    return rng.choice(unique) if unique else None
 
 
 def _count(kinds: Counter[Kind], color: str | None = None, shape: str | None = None) -> int:

@@ -75,11 +75,11 @@ def deploy(min_replicas: int) -> None:
                 "num_cpus": 0,
                 "num_gpus": 1,
                 "resources": {"blip2_gpu": 1},
-                "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
                 "autoscaling_config": fast_autoscaling(min_replicas),
             },
             "ingress_deployment": {"num_cpus": 0.1},
         },
+        batching={"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
     )
 
 

@@ -18,8 +18,8 @@ from PIL import Image
 from ray import serve
 from schemathesis.checks import not_a_server_error
 
-from serve_app.errors import GenerationFailedError
-from serve_app.schemas import GenerationRequest
+from serve_app.contract.errors import GenerationFailedError
+from serve_app.model.types import ModelRequest
 from tests.support.images import image_bytes, make_image
 from tests.support.serving import APP_NAME, deploy_config, fit_for_tests, load_config
 
@@ -253,8 +253,8 @@ def test_a_poisoned_item_fails_alone_inside_its_batch(url: str) -> None:
     """An item the real model cannot run (a prompt past its context) fails; the rest answer."""
     server = serve.get_deployment_handle("Blip2Server", APP_NAME)
     image = np.asarray(make_image(0))
-    good = [GenerationRequest(task="vqa", text=f"what is {i}?", image=image) for i in range(5)]
-    poisoned = GenerationRequest(task="prompt", text="word " * 5000, image=image)
+    good = [ModelRequest(task="vqa", text=f"what is {i}?", image=image) for i in range(5)]
+    poisoned = ModelRequest(task="prompt", text="word " * 5000, image=image)
     alone = [server.generate.remote(r).result() for r in good]
     before = server.batch_size_counts.remote().result()
 

@@ -12,9 +12,9 @@ import ray
 import requests
 from ray import serve
 
+from serve_app.contract.api import CaptionRequest, ImageSource, VQARequest, VQAResponse
 from serve_app.demo.task import Example, judge, sample
-from serve_app.schemas import CaptionRequest, ImageSource, VQARequest, VQAResponse
-from serve_app.tiny_models import DEMO_SHAPES
+from serve_app.model.builtin import DEMO_SHAPES
 from tests.support.demo import accuracy_bar
 from tests.support.serving import deploy_config, fit_for_tests, load_config
 

@@ -29,10 +29,10 @@ def run_faulty(replicas: int, **model_deployment: Any) -> None:
         {
             "model_deployment": {
                 "autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas},
-                "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
                 **model_deployment,
             }
         },
+        batching={"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
     )
 
 

@@ -17,8 +17,9 @@ import requests
 from ray import serve
 
 from serve_app.config import ModelConfig
-from serve_app.model import Blip2Model
-from serve_app.schemas import GenerationParams, GenerationRequest, ImageSource, Task, VQARequest
+from serve_app.contract.api import GenerationParams, ImageSource, VQARequest
+from serve_app.model.blip2 import Blip2Model
+from serve_app.model.types import ModelRequest, Task
 from tests.support.http_server import StaticServer, static_server
 from tests.support.images import image_bytes, make_image
 from tests.support.serving import deploy_config, fit_for_tests, load_config
@@ -55,7 +56,7 @@ def reference(url: str, app_config: dict[str, Any]) -> Blip2Model:
 
 
 def expected(model: Blip2Model, index: int, task: Task, text: str = "", **params: Any) -> str:
-    request = GenerationRequest(
+    request = ModelRequest(
         task=task,
         text=text,
         image=np.asarray(make_image(index)),
@@ -296,7 +297,7 @@ def ask_through_handle(data: str, question: str) -> dict[str, Any]:
 
 @ray.remote(num_cpus=0)
 def ask_with_bad_image_through_handle() -> str:
-    from serve_app.errors import InvalidBase64Error
+    from serve_app.contract.errors import InvalidBase64Error
 
     handle = serve.get_app_handle("blip2")
     try:

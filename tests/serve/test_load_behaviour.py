@@ -35,10 +35,10 @@ def test_model_replicas_scale_up_under_load_and_back_down(serve_url: str) -> Non
         slow_fake_model,
         {
             "model_deployment": {
-                "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
                 "autoscaling_config": fast_autoscaling(),
             }
         },
+        batching={"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
     )
     assert running_replicas("Blip2Server") == 1
 
@@ -74,10 +74,7 @@ def generated_requests() -> int:
 def test_batches_run_full_under_sustained_load_even_with_no_batch_wait(serve_url: str) -> None:
     """Batches that form while the model is busy are merged: with ``batch_wait_timeout_s: 0``
     ``@serve.batch`` alone would run a train of single requests."""
-    run_app(
-        slow_fake_model,
-        {"model_deployment": {"batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0}}},
-    )
+    run_app(slow_fake_model, {}, batching={"max_batch_size": 4, "batch_wait_timeout_s": 0})
     server = serve.get_deployment_handle("Blip2Server", APP_NAME)
     before: dict[int, int] = server.batch_size_counts.remote().result()
     with ThreadPoolExecutor(CLIENTS) as pool:
@@ -101,11 +98,11 @@ def test_overload_is_answered_503_with_retry_after_never_a_hang(serve_url: str) 
         slow_fake_model,
         {
             "model_deployment": {
-                "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0},
                 "max_ongoing_requests": 2,
                 "max_queued_requests": 4,
             }
         },
+        batching={"max_batch_size": 2, "batch_wait_timeout_s": 0},
     )
     requests_sent = 60
     with ThreadPoolExecutor(30) as pool:
@@ -129,9 +126,9 @@ def test_requests_past_their_deadline_get_504_and_their_queued_work_is_dropped(
     run_app(
         slow_fake_model,
         {
-            "model_deployment": {"batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0}},
             "limits": {"request_timeout_s": 0.5},
         },
+        batching={"max_batch_size": 1, "batch_wait_timeout_s": 0},
     )
     with ThreadPoolExecutor(6) as pool:
         responses = list(
@@ -148,10 +145,7 @@ def test_requests_past_their_deadline_get_504_and_their_queued_work_is_dropped(
 
 
 def test_a_client_that_disconnects_cancels_its_queued_work(serve_url: str) -> None:
-    run_app(
-        slow_fake_model,
-        {"model_deployment": {"batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0}}},
-    )
+    run_app(slow_fake_model, {}, batching={"max_batch_size": 1, "batch_wait_timeout_s": 0})
     before = generated_requests()
 
     def impatient(_: int) -> None:

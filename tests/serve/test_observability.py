@@ -15,7 +15,7 @@ import requests
 from ray import serve
 
 from serve_app.config import TINY_RANDOM_OPT
-from serve_app.server import load_blip2
+from serve_app.deployments.server import load_blip2
 from tests.serve.conftest import free_port
 from tests.support.images import image_bytes
 from tests.support.serving import run_app, wait_until

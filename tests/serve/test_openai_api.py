@@ -22,8 +22,9 @@ import requests
 from ray import serve
 
 from serve_app.config import DEFAULT_VQA_TEMPLATE, TINY_RANDOM_OPT, ModelConfig
-from serve_app.model import Blip2Model
-from serve_app.schemas import GenerationParams, GenerationRequest, Task
+from serve_app.contract.api import GenerationParams
+from serve_app.model.blip2 import Blip2Model
+from serve_app.model.types import ModelRequest, Task
 from tests.support.fakes import paced_blip2
 from tests.support.http_server import StaticServer, static_server
 from tests.support.images import image_bytes, make_image
@@ -50,9 +51,9 @@ def url(serve_url: str, record: Path) -> str:
         paced_blip2(STEP_SECONDS, record),
         {
             "model": {"model_id": MODEL, "default_max_new_tokens": 12},
-            "model_deployment": {"batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.3}},
             "limits": {"allow_private_urls": True},
         },
+        batching={"max_batch_size": 8, "batch_wait_timeout_s": 0.3},
     )
     return serve_url
 
@@ -68,7 +69,7 @@ def reference(url: str) -> Blip2Model:
 
 
 def expected(model: Blip2Model, index: int, task: Task, text: str, **params: Any) -> str:
-    request = GenerationRequest(
+    request = ModelRequest(
         task=task,
         text=text,
         image=np.asarray(make_image(index)),

@@ -159,8 +159,8 @@ def test_refused_urls_of_other_forms(url: str, trap: StaticServer) -> None:
 
 
 def test_unsafe_token_sources_fail_the_start(tmp_path: Path) -> None:
-    from serve_app.auth import BearerAuth
     from serve_app.config import AuthConfig
+    from serve_app.ingress.auth import BearerAuth
 
     empty = tmp_path / "empty"
     empty.write_text("\n")

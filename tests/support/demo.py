@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from serve_app.tiny_models import DEMO_SHAPES, SHIPPED
+from serve_app.model.builtin import DEMO_SHAPES, SHIPPED
 
 DEMO_DIR = SHIPPED[DEMO_SHAPES]
 

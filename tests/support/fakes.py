@@ -6,13 +6,12 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-from serve_app.batch_events import GenerationObserver
+from serve_app.batching.streams import GenerationObserver
 from serve_app.config import ModelConfig
-from serve_app.schemas import GenerationRequest, GenerationResult
+from serve_app.model.types import ModelInfo, ModelRequest, ModelResult
 
 
 class SlowFakeModel:
@@ -27,22 +26,18 @@ class SlowFakeModel:
         self._config = config
 
     def generate(
-        self, requests: Sequence[GenerationRequest], observer: GenerationObserver | None = None
-    ) -> list[GenerationResult | Exception]:
+        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
+    ) -> list[ModelResult | Exception]:
         time.sleep(self.batch_seconds)
         return [
-            GenerationResult(text=f"fake:{r.text}", prompt_tokens=1, completion_tokens=1)
+            ModelResult(text=f"fake:{r.text}", prompt_tokens=1, completion_tokens=1)
             for r in requests
         ]
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "source": "slow-fake",
-            "family": "opt",
-            "dtype": "float32",
-            "device": "cpu",
-            "num_query_tokens": 0,
-        }
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            source="slow-fake", family="opt", dtype="float32", device="cpu", num_query_tokens=0
+        )
 
 
 def slow_fake_model(config: ModelConfig) -> SlowFakeModel:
@@ -62,8 +57,8 @@ class FaultyFakeModel(SlowFakeModel):
     batch_seconds = 0.05
 
     def generate(
-        self, requests: Sequence[GenerationRequest], observer: GenerationObserver | None = None
-    ) -> list[GenerationResult | Exception]:
+        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
+    ) -> list[ModelResult | Exception]:
         for request in requests:
             if request.text == "crash-always":
                 os._exit(1)
@@ -102,28 +97,48 @@ class PacedBlip2Model:
     tests can see text arrive over time. Every result is appended to ``record`` as JSON."""
 
     def __init__(self, config: ModelConfig, step_seconds: float, record: Path) -> None:
-        from serve_app.model import Blip2Model
+        from serve_app.model.blip2 import Blip2Model
 
         self._model = Blip2Model.load(config)
         self._step_seconds = step_seconds
         self._record = record
 
     def generate(
-        self, requests: Sequence[GenerationRequest], observer: GenerationObserver | None = None
-    ) -> list[GenerationResult | Exception]:
+        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
+    ) -> list[ModelResult | Exception]:
         paced = PacedObserver(observer, self._step_seconds) if observer else None
         results = self._model.generate(requests, paced)
         with self._record.open("a") as record:
             for request, result in zip(requests, results, strict=True):
-                if isinstance(result, GenerationResult):
+                if isinstance(result, ModelResult):
                     line = {"text": request.text, "completion_tokens": result.completion_tokens}
                     record.write(json.dumps(line) + "\n")
         return results
 
-    def describe(self) -> dict[str, Any]:
-        return self._model.describe()
+    def info(self) -> ModelInfo:
+        return self._model.info()
 
 
 def paced_blip2(step_seconds: float, record: Path) -> Callable[[ModelConfig], PacedBlip2Model]:
     """Model factory for ``build_application``."""
     return functools.partial(PacedBlip2Model, step_seconds=step_seconds, record=record)
+
+
+class FakeModelStream:
+    """A fake streamed generation from the model deployment: its events, then the end."""
+
+    def __init__(self, events: list[str | ModelResult]) -> None:
+        self._events = iter(events)
+        self.cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[str | ModelResult]:
+        return self
+
+    async def __anext__(self) -> str | ModelResult:
+        try:
+            return next(self._events)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def cancel(self) -> None:
+        self.cancelled = True

@@ -13,8 +13,8 @@ from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import build_application
-from serve_app.config import AppConfig
-from serve_app.server import ModelFactory
+from serve_app.config import AppConfig, BatchingConfig
+from serve_app.deployments.server import ModelFactory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_NAME = "blip2"
@@ -47,11 +47,15 @@ def fit_for_tests(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def run_app(model_factory: ModelFactory, overrides: dict[str, Any] | None = None) -> None:
+def run_app(
+    model_factory: ModelFactory,
+    overrides: dict[str, Any] | None = None,
+    batching: dict[str, Any] | None = None,
+) -> None:
     """Run the app with another model, one logical GPU per model replica and no CPUs.
 
     ``overrides`` maps sections of ``AppConfig`` (``model_deployment``, ``limits``, ...) to the
-    fields to change.
+    fields to change; ``batching`` is the model deployment's ``user_config``.
     """
     args: dict[str, Any] = {
         "model_deployment": {"num_gpus": 1, "num_cpus": 0},
@@ -60,7 +64,8 @@ def run_app(model_factory: ModelFactory, overrides: dict[str, Any] | None = None
     for section, values in (overrides or {}).items():
         args.setdefault(section, {}).update(values)
     config = AppConfig.model_validate(args)
-    serve.run(build_application(config, model_factory=model_factory), name=APP_NAME)
+    settings = BatchingConfig.model_validate(batching or {})
+    serve.run(build_application(config, model_factory, settings), name=APP_NAME)
 
 
 def deploy_config(config: dict[str, Any], timeout_s: float = 120) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.auth import BearerAuth
 from serve_app.config import AuthConfig
-from serve_app.errors import AuthenticationError
+from serve_app.contract.errors import AuthenticationError
+from serve_app.ingress.auth import BearerAuth
 
 
 def test_not_configured_means_no_authentication() -> None:

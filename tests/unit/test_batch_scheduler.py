@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serve_app.batch_events import GenerationObserver, Outcome, RequestStream
-from serve_app.batch_scheduler import BatchScheduler, QueuedRequest
-from serve_app.errors import GenerationFailedError
-from serve_app.schemas import GenerationRequest, GenerationResult
+from serve_app.batching.scheduler import BatchScheduler, QueuedRequest
+from serve_app.batching.streams import GenerationObserver, Outcome, RequestStream
+from serve_app.contract.errors import GenerationFailedError
+from serve_app.model.types import ModelRequest, ModelResult
 
 
 class GatedFakeModel:
@@ -26,7 +26,7 @@ class GatedFakeModel:
         self.started = threading.Event()
 
     def __call__(
-        self, requests: list[GenerationRequest], observer: GenerationObserver
+        self, requests: list[ModelRequest], observer: GenerationObserver
     ) -> Sequence[Outcome]:
         self.batches.append([r.text for r in requests])
         self.started.set()
@@ -34,9 +34,7 @@ class GatedFakeModel:
         for index, request in enumerate(requests):
             for word in request.text.split():
                 observer.on_text(index, word + " ")
-        return [
-            GenerationResult(text=r.text, prompt_tokens=1, completion_tokens=1) for r in requests
-        ]
+        return [ModelResult(text=r.text, prompt_tokens=1, completion_tokens=1) for r in requests]
 
 
 IMAGE = np.zeros((4, 4, 3), dtype=np.uint8)
@@ -44,7 +42,7 @@ IMAGE = np.zeros((4, 4, 3), dtype=np.uint8)
 
 def queued(*texts: str) -> list[QueuedRequest]:
     return [
-        QueuedRequest(GenerationRequest(task="prompt", text=text, image=IMAGE), RequestStream())
+        QueuedRequest(ModelRequest(task="prompt", text=text, image=IMAGE), RequestStream())
         for text in texts
     ]
 
@@ -67,7 +65,6 @@ def test_batches_that_form_while_the_model_is_busy_run_as_one_full_batch() -> No
         later = [queued("b", "c"), queued("d"), queued("e", "f")]
         for group in later:
             scheduler.submit(group)
-        assert scheduler.queued == 5
         model.gate.set()
         everyone = first + [q for group in later for q in group]
         await asyncio.gather(*(collect(q.stream) for q in everyone))
@@ -108,7 +105,7 @@ def test_each_request_gets_its_own_streamed_text_then_its_result() -> None:
     for text, events in asyncio.run(scenario()).items():
         *deltas, outcome = events
         assert "".join(str(delta) for delta in deltas) == text + " "
-        assert isinstance(outcome, GenerationResult) and outcome.text == text
+        assert isinstance(outcome, ModelResult) and outcome.text == text
 
 
 def test_a_request_whose_caller_left_before_its_batch_is_not_run() -> None:
@@ -144,11 +141,11 @@ def test_a_lower_max_batch_size_applies_to_the_next_batch() -> None:
 def test_a_batch_that_raises_fails_its_requests_and_the_next_batch_still_runs() -> None:
     calls: list[int] = []
 
-    def flaky(requests: list[GenerationRequest], observer: GenerationObserver) -> Sequence[Outcome]:
+    def flaky(requests: list[ModelRequest], observer: GenerationObserver) -> Sequence[Outcome]:
         calls.append(len(requests))
         if len(calls) == 1:
             raise RuntimeError("device lost")
-        return [GenerationResult(text="ok", prompt_tokens=1, completion_tokens=1)] * len(requests)
+        return [ModelResult(text="ok", prompt_tokens=1, completion_tokens=1)] * len(requests)
 
     async def scenario() -> tuple[list[str | Outcome], list[str | Outcome]]:
         scheduler = BatchScheduler(flaky, max_batch_size=1)
@@ -159,5 +156,5 @@ def test_a_batch_that_raises_fails_its_requests_and_the_next_batch_still_runs() 
     failed, succeeded = asyncio.run(scenario())
     assert len(failed) == 1 and isinstance(failed[0], GenerationFailedError)
     assert "device lost" not in str(failed[0])
-    assert len(succeeded) == 1 and isinstance(succeeded[0], GenerationResult)
+    assert len(succeeded) == 1 and isinstance(succeeded[0], ModelResult)
     assert calls == [1, 1]

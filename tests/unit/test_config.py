@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
 from serve_app.app import build_app
-from serve_app.config import AppConfig, ModelConfig
+from serve_app.batching.batcher import RequestBatcher
+from serve_app.config import AppConfig, BatchingConfig, ModelConfig
 from tests.support.serving import load_config
 
 
@@ -22,7 +23,7 @@ def test_shipped_configs_are_valid(name: str) -> None:
     config = AppConfig.model_validate(app["args"])
     (server,) = [d for d in app["deployments"] if d["name"] == "Blip2Server"]
     max_batch_size = server["user_config"]["max_batch_size"]
-    assert config.model_deployment.effective_max_ongoing_requests >= max_batch_size
+    assert config.model_deployment.max_ongoing_requests >= max_batch_size
 
 
 def test_production_config_is_fp16_on_one_gpu_and_autoscaled() -> None:
@@ -39,7 +40,7 @@ def test_production_config_is_fp16_on_one_gpu_and_autoscaled() -> None:
     ):
         assert scaling["max_replicas"] > scaling["min_replicas"]
     ingress_room = args.ingress_deployment.max_ongoing_requests
-    assert ingress_room >= args.model_deployment.effective_max_ongoing_requests
+    assert ingress_room >= args.model_deployment.max_ongoing_requests
 
 
 BAD_ARGS: list[tuple[dict[str, Any], str]] = [
@@ -48,10 +49,7 @@ BAD_ARGS: list[tuple[dict[str, Any], str]] = [
     ({"model": {"vqa_prompt_template": "no placeholder"}}, "vqa_prompt_template"),
     ({"model": {"default_max_new_tokens": 500}}, "default_max_new_tokens"),
     ({"modle": {}}, "modle"),
-    (
-        {"model_deployment": {"batching": {"max_batch_size": 32}, "max_ongoing_requests": 8}},
-        "max_ongoing_requests",
-    ),
+    ({"model_deployment": {"batching": {"max_batch_size": 32}}}, "batching"),
     (
         {"model_deployment": {"autoscaling_config": {"min_replicas": 3, "max_replicas": 1}}},
         "replicas",
@@ -86,15 +84,15 @@ def test_builder_builds_the_two_deployment_graph() -> None:
 
 
 def test_model_replicas_use_as_many_torch_threads_as_their_cpus() -> None:
-    def model_config(args: dict[str, Any]) -> ModelConfig:
+    def model_options(args: dict[str, Any]) -> ModelConfig:
         app = call_user_app_builder_with_args_if_necessary(build_app, args)
         config: ModelConfig = app._bound_deployment.init_args[0]._bound_deployment.init_args[0]
         return config
 
-    assert model_config({"model_deployment": {"num_cpus": 2}}).cpu_threads == 2
-    assert model_config({"model_deployment": {"num_cpus": 0}}).cpu_threads == 1
-    assert model_config({"model_deployment": {"num_cpus": 1.5}}).cpu_threads == 2
-    assert model_config({"model": {"cpu_threads": 4}}).cpu_threads == 4
+    assert model_options({"model_deployment": {"num_cpus": 2}}).cpu_threads == 2
+    assert model_options({"model_deployment": {"num_cpus": 0}}).cpu_threads == 1
+    assert model_options({"model_deployment": {"num_cpus": 1.5}}).cpu_threads == 2
+    assert model_options({"model": {"cpu_threads": 4}}).cpu_threads == 4
 
 
 def test_import_is_light() -> None:
@@ -103,3 +101,12 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_batch_size_over_the_replica_room_is_refused_when_applied() -> None:
+    batcher = RequestBatcher(lambda requests, observer: [], max_ongoing_requests=8)
+    with pytest.raises(ValueError, match="max_ongoing_requests 8"):
+        batcher.configure(BatchingConfig(max_batch_size=32))
+    assert batcher.settings == BatchingConfig()
+    batcher.configure(BatchingConfig(max_batch_size=8))
+    assert batcher.settings.max_batch_size == 8

@@ -11,21 +11,17 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from serve_app.config import ModelConfig
-from serve_app.demo.evaluate import answers, evaluate
 from serve_app.demo.task import FAMILIES, parse_caption, sample
-from serve_app.demo.train import Settings
-from serve_app.model import Blip2Model
-from serve_app.schemas import GenerationRequest, GenerationResult
-from serve_app.tiny_models import DEMO_SHAPES, resolve_builtin
+from serve_app.demo.training.evaluate import answers, evaluate
+from serve_app.demo.training.train import Settings
+from serve_app.model.blip2 import Blip2Model
+from serve_app.model.builtin import DEMO_SHAPES, resolve_builtin
+from serve_app.model.types import ModelRequest
 from tests.support.demo import DEMO_DIR, accuracy_bar
+from tests.support.results import ok
 from tests.support.serving import REPO_ROOT
 
 SEED = 101
-
-
-def ok(result: GenerationResult | Exception) -> GenerationResult:
-    assert isinstance(result, GenerationResult), repr(result)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +52,7 @@ def test_checkpoint_ships_in_the_package_and_is_small() -> None:
 
 
 def test_model_loads_like_a_hub_checkpoint(model: Blip2Model) -> None:
-    assert model.describe()["source"] == DEMO_SHAPES
+    assert model.info().source == DEMO_SHAPES
     assert (model.family, model.dtype, model.device) == ("opt", "float32", "cpu")
 
 
@@ -89,8 +85,8 @@ def test_the_example_images_get_the_answers_the_readme_shows(model: Blip2Model) 
     for name, expected in json.loads((folder / "answers.json").read_text()).items():
         image = np.asarray(Image.open(folder / name).convert("RGB"))
         questions = list(expected["questions"])
-        requests = [GenerationRequest(task="caption", image=image)] + [
-            GenerationRequest(task="vqa", text=question, image=image) for question in questions
+        requests = [ModelRequest(task="caption", image=image)] + [
+            ModelRequest(task="vqa", text=question, image=image) for question in questions
         ]
         caption, *replies = [ok(result).text for result in model.generate(requests)]
         assert parse_caption(caption) == parse_caption(expected["caption"]), name

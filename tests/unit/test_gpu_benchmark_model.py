@@ -10,7 +10,7 @@ import torch
 
 from benchmarks import gpu_model
 from serve_app.config import ModelConfig
-from serve_app.schemas import GenerationRequest, GenerationResult
+from serve_app.model.types import ModelRequest, ModelResult
 
 TOKENS = 6
 
@@ -24,23 +24,24 @@ def test_random_blip2_generates_exactly_max_new_tokens_at_224px(
         device="cpu", dtype="float32", default_max_new_tokens=TOKENS, max_new_tokens_limit=TOKENS
     )
     model = gpu_model.random_opt_2_7b(config, smoke=True)
-    described = model.describe()
-    assert described["num_query_tokens"] == gpu_model.NUM_QUERY_TOKENS
-    assert described["image_input"]["width"] == gpu_model.IMAGE_SIZE
+    info = model.info()
+    assert info.num_query_tokens == gpu_model.NUM_QUERY_TOKENS
+    assert info.image_input is not None
+    assert info.image_input.width == gpu_model.IMAGE_SIZE
     image = np.zeros((gpu_model.IMAGE_SIZE, gpu_model.IMAGE_SIZE, 3), dtype=np.uint8)
     requests = [
-        GenerationRequest(task="vqa", text="What is it?", image=image),
-        GenerationRequest(task="vqa", text="How many are there?", image=image),
+        ModelRequest(task="vqa", text="What is it?", image=image),
+        ModelRequest(task="vqa", text="How many are there?", image=image),
     ]
     results = model.generate(requests)
-    assert all(isinstance(r, GenerationResult) for r in results), results
-    assert [r.completion_tokens for r in results if isinstance(r, GenerationResult)] == [TOKENS] * 2
+    assert all(isinstance(r, ModelResult) for r in results), results
+    assert [r.completion_tokens for r in results if isinstance(r, ModelResult)] == [TOKENS] * 2
 
 
 def test_full_sizes_match_the_published_checkpoint() -> None:
     from transformers import AutoTokenizer
 
-    from serve_app.tiny_models import resolve_builtin
+    from serve_app.model.builtin import resolve_builtin
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_builtin("builtin:tiny-random-blip2-opt")))
     config = gpu_model.opt_2_7b_config(tokenizer)

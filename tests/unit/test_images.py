@@ -34,7 +34,8 @@ import requests
 from PIL import Image
 
 from serve_app.config import LimitsConfig
-from serve_app.errors import (
+from serve_app.contract.api import ImageSource
+from serve_app.contract.errors import (
     ImageFetchError,
     InvalidBase64Error,
     InvalidImageError,
@@ -42,15 +43,10 @@ from serve_app.errors import (
     ServeAppError,
     UnsupportedMediaTypeError,
 )
-from serve_app.images import (
-    check_url_allowed,
-    decode_base64_image,
-    decode_image,
-    decode_upload,
-    fetch_image_url,
-    load_image,
-)
-from serve_app.schemas import ImageSource
+from serve_app.images.data_uri import decode_base64_image
+from serve_app.images.decode import decode_image
+from serve_app.images.sources import decode_upload, load_image
+from serve_app.images.url_fetch import check_url_allowed, fetch_image_url
 
 LIMITS = LimitsConfig()
 PRIVATE_OK = LimitsConfig(allow_private_urls=True)

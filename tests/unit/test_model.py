@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,61 +14,18 @@ import torch
 from transformers import AutoTokenizer
 
 from serve_app.config import TINY_RANDOM_OPT, TINY_RANDOM_T5, ModelConfig
-from serve_app.errors import GenerationFailedError, InvalidImageError, InvalidRequestError
-from serve_app.model import Blip2Model
-from serve_app.schemas import GenerationParams, GenerationRequest, GenerationResult, Task
-from serve_app.tiny_models import RECIPE_VERSION, build_tiny_blip2, resolve_builtin
-from tests.support.images import make_image
+from serve_app.contract.errors import GenerationFailedError, InvalidImageError, InvalidRequestError
+from serve_app.model.blip2 import Blip2Model
+from serve_app.model.builtin import RECIPE_VERSION, resolve_builtin
+from serve_app.model.tiny import build_tiny_blip2
+from serve_app.model.types import ModelImageInput, ModelInfo, ModelRequest
+from tests.support.results import image, ok, request
 from tests.support.serving import REPO_ROOT
 
 BUILTINS = {"opt": TINY_RANDOM_OPT, "t5": TINY_RANDOM_T5}
 
 
-def image(index: int, size: int = 48) -> np.ndarray[Any, np.dtype[np.uint8]]:
-    return np.asarray(make_image(index, size), dtype=np.uint8)
-
-
-def request(
-    text: str = "What is in the picture?",
-    index: int = 0,
-    task: Task = "vqa",
-    size: int = 48,
-    **params: Any,
-) -> GenerationRequest:
-    return GenerationRequest(
-        task=task,
-        text=text,
-        image=image(index, size),
-        params=GenerationParams.model_validate({"max_new_tokens": 6, **params}),
-    )
-
-
-def ok(result: GenerationResult | Exception) -> GenerationResult:
-    assert isinstance(result, GenerationResult), repr(result)
-    return result
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh model cache, set as ``$SERVE_APP_CACHE`` while this module's models load."""
-    path = tmp_path_factory.mktemp("serve-app-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SERVE_APP_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module", params=["opt", "t5"])
-def model(request: pytest.FixtureRequest, cache_dir: Path) -> Blip2Model:
-    """Each builtin tiny model, loaded by name through ``Blip2Model.load``."""
-    return Blip2Model.load(ModelConfig(model_id=BUILTINS[request.param]))
-
-
-@pytest.fixture(scope="module")
-def opt_model(cache_dir: Path) -> Blip2Model:
-    return Blip2Model.load(ModelConfig(model_id=TINY_RANDOM_OPT))
-
-
-def alone(model: Blip2Model, requests: list[GenerationRequest]) -> list[Any]:
+def alone(model: Blip2Model, requests: list[ModelRequest]) -> list[Any]:
     """Each request's outcome when it is the only one in its batch."""
     return [model.generate([r])[0] for r in requests]
 
@@ -104,7 +60,7 @@ def test_builtin_is_built_once_atomically_even_when_raced(tmp_path: Path) -> Non
 def test_build_is_deterministic_across_processes(tmp_path: Path) -> None:
     here = build_tiny_blip2("opt", tmp_path / "here")
     code = (
-        "import sys; from pathlib import Path; from serve_app.tiny_models import build_tiny_blip2;"
+        "import sys; from pathlib import Path; from serve_app.model.tiny import build_tiny_blip2;"
         "build_tiny_blip2('opt', Path(sys.argv[1]))"
     )
     there = tmp_path / "there"
@@ -146,14 +102,14 @@ def test_checkpoint_is_small_and_consistent(tmp_path: Path, family: Any) -> None
 
 def test_load_by_builtin_name_uses_the_cache(model: Blip2Model, cache_dir: Path) -> None:
     assert (cache_dir / "builtin" / f"tiny-random-{model_name(model)}-v{RECIPE_VERSION}").is_dir()
-    assert model.describe() == {
-        "source": BUILTINS[model.family],
-        "family": model.family,
-        "dtype": "float32",
-        "device": "cpu",
-        "num_query_tokens": 4,
-        "image_input": {"width": 32, "height": 32, "resample": 3},
-    }
+    assert model.info() == ModelInfo(
+        source=BUILTINS[model.family],
+        family=model.family,
+        dtype="float32",
+        device="cpu",
+        num_query_tokens=4,
+        image_input=ModelImageInput(width=32, height=32, resample=3),
+    )
     assert model.config.model_id == BUILTINS[model.family]
 
 
@@ -165,8 +121,8 @@ def test_load_from_a_local_directory(tmp_path: Path) -> None:
     directory = build_tiny_blip2("t5", tmp_path / "ckpt")
     loaded = Blip2Model.load(ModelConfig(model_id=str(directory), device="cpu", dtype="float32"))
     assert (loaded.family, loaded.dtype, loaded.device) == ("t5", "float32", "cpu")
-    assert loaded.describe()["source"] == str(directory)
-    assert ok(loaded.warmup()).completion_tokens <= 2
+    assert loaded.info().source == str(directory)
+    assert ok(loaded.generate([request("", task="caption")])[0]).text
 
 
 def test_cpu_threads_caps_torch_threads(cache_dir: Path) -> None:
@@ -232,7 +188,7 @@ def test_different_params_are_grouped_and_match_alone(
 
 
 def test_default_max_new_tokens_and_explicit_limit(model: Blip2Model) -> None:
-    default = GenerationRequest(task="vqa", text="What?", image=image(0))
+    default = ModelRequest(task="vqa", text="What?", image=image(0))
     result = ok(model.generate([default])[0])
     assert 0 < result.completion_tokens <= model.config.default_max_new_tokens
     assert ok(model.generate([request(max_new_tokens=1)])[0]).completion_tokens <= 1
@@ -267,7 +223,7 @@ def test_caps_fail_only_their_own_request(model: Blip2Model) -> None:
 )
 def test_a_bad_image_fails_alone(opt_model: Blip2Model, bad: np.ndarray[Any, Any]) -> None:
     good = [request("What?", 0), request("Where is the cat?", 1)]
-    poisoned = GenerationRequest(task="vqa", text="What?", image=bad)
+    poisoned = ModelRequest(task="vqa", text="What?", image=bad)
     results = opt_model.generate([good[0], poisoned, good[1]])
     assert isinstance(results[1], InvalidImageError)
     assert results[1].param == "image"
@@ -305,7 +261,7 @@ def test_prompt_tokens_count_the_prompt_text_only(model: Blip2Model, cache_dir: 
 def test_vqa_uses_the_configured_template(model: Blip2Model) -> None:
     custom = Blip2Model(
         model.config.model_copy(update={"vqa_prompt_template": "Q: {question} A:"}),
-        model.describe()["source"],
+        model.info().source,
         model._processor,
         model._model,
         torch.device("cpu"),
@@ -331,10 +287,6 @@ def test_outputs_depend_on_image_and_prompt(model: Blip2Model) -> None:
     assert len({ok(r).text for r in by_prompt}) > 1
 
 
-def test_warmup(model: Blip2Model) -> None:
-    assert ok(model.warmup()).completion_tokens <= 2
-
-
 def test_importing_the_model_module_does_not_import_ray() -> None:
-    code = "import serve_app.model, sys; assert 'ray' not in sys.modules, 'ray was imported'"
+    code = "import serve_app.model.blip2, sys; assert 'ray' not in sys.modules, 'ray was imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.config import TINY_RANDOM_OPT, TINY_RANDOM_T5, ModelConfig
-from serve_app.model import Blip2Model
+from serve_app.model.blip2 import Blip2Model
 from tests.unit.test_model import ok, request
 
 pytestmark = pytest.mark.gpu

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +13,18 @@ from PIL import Image
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
 from serve_app.config import TINY_RANDOM_OPT, TINY_RANDOM_T5, LimitsConfig, ModelConfig
-from serve_app.images import ModelImageInput, decode_image, fit_to_model_input
-from serve_app.model import Blip2Model
-from serve_app.schemas import GenerationParams, GenerationRequest
-from serve_app.tiny_models import resolve_builtin
+from serve_app.contract.api import GenerationParams
+from serve_app.images.decode import decode_image
+from serve_app.images.resize import fit_to_model_input
+from serve_app.model.blip2 import Blip2Model
+from serve_app.model.builtin import resolve_builtin
+from serve_app.model.types import ModelImageInput, ModelRequest
 
 BUILTINS = {"opt": TINY_RANDOM_OPT, "t5": TINY_RANDOM_T5}
 SHAPES = [(768, 1024), (1024, 768), (33, 31), (32, 32), (20, 50), (2, 300), (1400, 7)]
 """(height, width): larger and smaller than the 32x32 input, odd and elongated."""
 
 Pixels = np.ndarray[Any, np.dtype[np.uint8]]
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("serve-app-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SERVE_APP_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module", params=["opt", "t5"])
-def model(request: pytest.FixtureRequest, cache_dir: Path) -> Blip2Model:
-    return Blip2Model.load(ModelConfig(model_id=BUILTINS[request.param]))
 
 
 def noise(shape: tuple[int, int], seed: int) -> Pixels:
@@ -54,7 +42,7 @@ def photo(shape: tuple[int, int]) -> Pixels:
 
 
 def target(model: Blip2Model) -> ModelImageInput:
-    image_input = ModelImageInput.from_description(model.describe())
+    image_input = model.image_input()
     assert image_input is not None
     return image_input
 
@@ -83,7 +71,7 @@ def test_answers_are_identical_from_full_and_resized_images(model: Blip2Model) -
 
     def answers(batch: list[Pixels]) -> list[Any]:
         requests = [
-            GenerationRequest(task="vqa", text="what is it?", image=image, params=params)
+            ModelRequest(task="vqa", text="what is it?", image=image, params=params)
             for image in batch
         ]
         return model.generate(requests)
@@ -106,5 +94,5 @@ def test_no_image_input_is_reported_when_the_processor_crops(cache_dir: Path) ->
     model = Blip2Model(
         config, TINY_RANDOM_OPT, processor, loaded, torch.device("cpu"), torch.float32
     )
-    assert model.describe()["image_input"] is None
-    assert ModelImageInput.from_description(model.describe()) is None
+    assert model.image_input() is None
+    assert model.info().image_input is None

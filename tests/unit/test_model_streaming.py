@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from serve_app.config import TINY_RANDOM_OPT, TINY_RANDOM_T5, ModelConfig
-from serve_app.model import Blip2Model
-from serve_app.schemas import GenerationRequest
-from tests.unit.test_model import ok, request
+from serve_app.model.blip2 import Blip2Model
+from serve_app.model.types import ModelRequest
+from tests.support.results import ok, request
 
 
 class RecordingObserver:
@@ -28,20 +23,7 @@ class RecordingObserver:
         return index in self._cancel_after_first and bool(self.deltas.get(index))
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("serve-app-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SERVE_APP_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module", params=[TINY_RANDOM_OPT, TINY_RANDOM_T5])
-def model(request: pytest.FixtureRequest, cache_dir: Path) -> Blip2Model:
-    return Blip2Model.load(ModelConfig(model_id=request.param))
-
-
-def streaming(r: GenerationRequest) -> GenerationRequest:
+def streaming(r: ModelRequest) -> ModelRequest:
     return r.model_copy(update={"stream": True})
 
 

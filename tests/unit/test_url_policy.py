@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from serve_app.config import LimitsConfig
-from serve_app.errors import ImageFetchError
-from serve_app.url_fetch import check_url_allowed, is_allowed_domain
+from serve_app.contract.errors import ImageFetchError
+from serve_app.images.url_fetch import check_url_allowed, is_allowed_domain
 
 PUBLIC = "93.184.215.14"
 

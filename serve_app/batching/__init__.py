@@ -1,0 +1,1 @@
+"""Where batches form: ``@serve.batch`` gathers requests, a scheduler keeps batches full."""

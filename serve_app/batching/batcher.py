@@ -1,0 +1,91 @@
+"""``RequestBatcher``: ``@serve.batch`` in front of a ``BatchScheduler``, set by one config.
+
+``@serve.batch`` gathers concurrent requests (``max_batch_size``, ``batch_wait_timeout_s``)
+and hands each batch to the scheduler, which runs the model one batch at a time, merging
+batches that formed while the model was busy. ``configure`` applies a ``BatchingConfig`` to
+both at once, live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+from ray import serve
+
+from serve_app.batching.scheduler import BatchScheduler, OnBatchStart, QueuedRequest, RunBatch
+from serve_app.batching.streams import Outcome, RequestStream
+from serve_app.config import BatchingConfig
+from serve_app.model.types import ModelRequest
+
+DEFAULTS = BatchingConfig()
+
+Enqueue = Callable[[Any, QueuedRequest], Awaitable[None]]
+BatchedEnqueue = Callable[[Any, list[QueuedRequest]], Awaitable[list[None]]]
+
+
+def _batched(settings: BatchingConfig) -> Callable[[BatchedEnqueue], Enqueue]:
+    """``serve.batch`` with ``settings``, typed for this use."""
+    decorator = serve.batch(
+        max_batch_size=settings.max_batch_size,
+        batch_wait_timeout_s=settings.batch_wait_timeout_s,
+    )
+    return cast(Callable[[BatchedEnqueue], Enqueue], decorator)
+
+
+class RequestBatcher:
+    """Batches concurrent requests for ``run_batch``; each caller reads its own events.
+
+    Must be used on one event loop (a Serve replica's).
+    """
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_ongoing_requests: int,
+        on_batch_start: OnBatchStart | None = None,
+    ) -> None:
+        self._max_ongoing_requests = max_ongoing_requests
+        self._scheduler = BatchScheduler(
+            run_batch, DEFAULTS.max_batch_size, DEFAULTS.merge_waiting_batches, on_batch_start
+        )
+        self.settings = DEFAULTS
+
+    def configure(self, settings: BatchingConfig) -> None:
+        """Apply new batching settings to the requests that arrive from now on.
+
+        Raises:
+            ValueError: ``max_batch_size`` over the replica's ``max_ongoing_requests``.
+        """
+        if settings.max_batch_size > self._max_ongoing_requests:
+            raise ValueError(
+                f"max_batch_size {settings.max_batch_size} exceeds this deployment's "
+                f"max_ongoing_requests {self._max_ongoing_requests}: full batches could never "
+                "form. Raise model_deployment.max_ongoing_requests in the app args."
+            )
+        # The setters are Serve's documented API on @serve.batch methods, absent from its typing.
+        self._enqueue.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
+        self._enqueue.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._scheduler.max_batch_size = settings.max_batch_size
+        self._scheduler.merge = settings.merge_waiting_batches
+        self.settings = settings
+
+    async def events(self, request: ModelRequest) -> AsyncIterator[str | Outcome]:
+        """The request's text as it is generated (if it streams), then its outcome.
+
+        A caller who goes away cancels its share: dropped unrun, or its row stops early.
+        """
+        stream = RequestStream()
+        try:
+            await self._enqueue(QueuedRequest(request, stream))
+            async for event in stream:
+                yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            stream.cancel()
+            raise
+
+    @_batched(DEFAULTS)
+    async def _enqueue(self, queued: list[QueuedRequest]) -> list[None]:
+        self._scheduler.submit(queued)
+        return [None] * len(queued)

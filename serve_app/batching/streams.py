@@ -1,0 +1,82 @@
+"""The bridge between a batch generating in a worker thread and the replica's event loop.
+
+The model reports streamed text and asks about cancellations through a
+``GenerationObserver``; ``StreamsObserver`` implements it over the ``RequestStream`` of each
+request in the batch, on a running asyncio loop (no Ray).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from serve_app.model.types import ModelResult
+
+Outcome = ModelResult | Exception
+"""How a request ends: its result, or the error its caller gets."""
+
+
+class GenerationObserver(Protocol):
+    """Receives streamed text and says which requests are no longer wanted."""
+
+    def on_text(self, index: int, delta: str) -> None:
+        """New text for request ``index`` (its deltas add up to its final text)."""
+
+    def is_cancelled(self, index: int) -> bool:
+        """Whether request ``index``'s caller has gone away."""
+
+
+class RequestStream:
+    """The events of one request: its text as it is generated, then its outcome.
+
+    Written on the event loop (``put_text``, ``finish``), read by the request's caller;
+    ``cancelled`` is set when the caller goes away and may be read from any thread.
+    """
+
+    def __init__(self) -> None:
+        self._events: asyncio.Queue[str | Outcome] = asyncio.Queue()
+        self.cancelled = False
+
+    def put_text(self, delta: str) -> None:
+        """Queue newly generated text."""
+        self._events.put_nowait(delta)
+
+    def finish(self, outcome: Outcome) -> None:
+        """Queue the request's outcome; nothing follows it."""
+        self._events.put_nowait(outcome)
+
+    def cancel(self) -> None:
+        """The caller went away: the request is not run, or its row stops early."""
+        self.cancelled = True
+
+    async def __aiter__(self) -> AsyncIterator[str | Outcome]:
+        """Text deltas (those that piled up merged into one), then the outcome."""
+        while True:
+            event = await self._events.get()
+            while isinstance(event, str) and not self._events.empty():
+                following = self._events.get_nowait()
+                if not isinstance(following, str):
+                    yield event
+                    event = following
+                    break
+                event += following
+            yield event
+            if not isinstance(event, str):
+                return
+
+
+class StreamsObserver:
+    """A ``GenerationObserver`` called from the generating thread for a batch of streams."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, streams: Sequence[RequestStream]) -> None:
+        self._loop = loop
+        self._streams = streams
+
+    def on_text(self, index: int, delta: str) -> None:
+        """Thread-safe: queue ``delta`` on request ``index``'s stream."""
+        self._loop.call_soon_threadsafe(self._streams[index].put_text, delta)
+
+    def is_cancelled(self, index: int) -> bool:
+        """Thread-safe: whether request ``index``'s caller went away."""
+        return self._streams[index].cancelled

@@ -1,0 +1,1 @@
+"""The Serve deployments: the CPU ingress and the GPU-pinned model server."""

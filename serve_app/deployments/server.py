@@ -1,0 +1,139 @@
+"""``Blip2Server``: the GPU-pinned model deployment; it batches requests for its model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
+
+from serve_app.batching.batcher import RequestBatcher
+from serve_app.batching.streams import GenerationObserver, Outcome
+from serve_app.config import BatchingConfig, ModelConfig
+from serve_app.contract.errors import GenerationFailedError, ServeAppError
+from serve_app.metrics import ServerMetrics
+from serve_app.model.types import ModelInfo, ModelRequest, ModelResult, ReplicaInfo
+
+logger = logging.getLogger("ray.serve")
+
+
+class GenerationModel(Protocol):
+    """What ``Blip2Server`` needs from a model: ``Blip2Model`` or a test fake."""
+
+    def generate(
+        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
+    ) -> list[ModelResult | Exception]: ...
+
+    def info(self) -> ModelInfo: ...
+
+
+UNHEALTHY_AFTER_FAILED_BATCHES = 3
+"""Whole-batch failures in a row after which the replica reports itself unhealthy."""
+
+ModelFactory = Callable[[ModelConfig], GenerationModel]
+
+
+def load_blip2(config: ModelConfig) -> GenerationModel:
+    """The default model factory: load BLIP-2 as configured."""
+    from serve_app.model.blip2 import Blip2Model
+
+    return Blip2Model.load(config)
+
+
+class Blip2Server:
+    """Holds one model and feeds it batches of concurrent requests.
+
+    ``user_config`` (a ``BatchingConfig``) sets how batches form; a ``serve deploy`` that
+    changes only it reconfigures running replicas without a restart.
+    """
+
+    def __init__(
+        self,
+        model_options: ModelConfig,
+        max_ongoing_requests: int,
+        model_factory: ModelFactory | None = None,
+    ) -> None:
+        self._model = (model_factory or load_blip2)(model_options)
+        self._metrics = ServerMetrics()
+        self._batcher = RequestBatcher(
+            self._run_model, max_ongoing_requests, self._metrics.observe_waits
+        )
+        self._batch_sizes: Counter[int] = Counter()
+        self._failed_batches_in_a_row = 0
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply new batching settings live (Serve calls this on start and on each update)."""
+        batching = BatchingConfig.model_validate(user_config)
+        self._batcher.configure(batching)
+        logger.info("Batching set to %s", batching.model_dump())
+
+    async def generate(self, request: ModelRequest) -> ModelResult:
+        """Generate for one request; it is batched with the other requests in flight."""
+        outcome: str | Outcome | None = None
+        async for event in self._batcher.events(request):
+            outcome = event
+        if isinstance(outcome, Exception):
+            raise outcome
+        if not isinstance(outcome, ModelResult):
+            raise GenerationFailedError("the model returned no result for this request")
+        return outcome
+
+    async def generate_stream(self, request: ModelRequest) -> AsyncIterator[str | ModelResult]:
+        """Yield the request's text as it is generated, then its ``ModelResult``.
+
+        Streaming requests share batches with all other traffic.
+        """
+        async for event in self._batcher.events(request.model_copy(update={"stream": True})):
+            if isinstance(event, Exception):
+                raise event
+            yield event
+
+    def describe(self) -> ReplicaInfo:
+        """What this replica serves: its model and the live batching settings."""
+        return ReplicaInfo(model=self._model.info(), batching=self._batcher.settings)
+
+    def batch_size_counts(self) -> dict[int, int]:
+        """How many batches of each size this replica has run (for tests and diagnostics)."""
+        return dict(self._batch_sizes)
+
+    def check_health(self) -> None:
+        """Serve's health probe: a replica whose whole batches keep failing is replaced."""
+        if self._failed_batches_in_a_row >= UNHEALTHY_AFTER_FAILED_BATCHES:
+            raise RuntimeError(
+                f"{self._failed_batches_in_a_row} batches in a row failed as a whole"
+            )
+
+    def _run_model(
+        self, requests: list[ModelRequest], observer: GenerationObserver
+    ) -> list[ModelResult | Exception]:
+        """Generate in a worker thread; a batch that fails as a whole fails each request."""
+        started = time.perf_counter()
+        self._batch_sizes[len(requests)] += 1
+        self._metrics.batch_size.observe(len(requests))
+        try:
+            results = self._model.generate(requests, observer)
+        except Exception:
+            logger.exception("Batch of %d failed as a whole", len(requests))
+            self._failed_batches_in_a_row += 1
+            self._metrics.failures.inc(len(requests), tags={"code": GenerationFailedError.code})
+            failure = GenerationFailedError("the model failed to generate for this request")
+            return [failure] * len(requests)
+        finally:
+            self._metrics.generate_time.observe(time.perf_counter() - started)
+        self._failed_batches_in_a_row = 0
+        public = [self._public(result) for result in results]
+        for result in public:
+            if isinstance(result, ModelResult):
+                if result.completion_tokens:  # Ray counters refuse an increment of 0
+                    self._metrics.generated_tokens.inc(result.completion_tokens)
+            else:
+                self._metrics.failures.inc(tags={"code": getattr(result, "code", "error")})
+        return public
+
+    @staticmethod
+    def _public(result: ModelResult | Exception) -> ModelResult | Exception:
+        if isinstance(result, ModelResult | ServeAppError):
+            return result
+        logger.error("Request failed inside its batch: %r", result)
+        return GenerationFailedError("the model failed to generate for this request")

@@ -1,0 +1,1 @@
+"""Typed handlers shared by every edge: authentication, limits, images, calls to the model."""

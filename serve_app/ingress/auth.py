@@ -1,0 +1,59 @@
+"""Bearer-token authentication of HTTP callers, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from serve_app.config import AuthConfig
+from serve_app.contract.errors import AuthenticationError
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+class BearerAuth:
+    """Accepts a request when its bearer token equals one of the configured tokens.
+
+    Tokens are kept as SHA-256 digests and every digest is compared with
+    ``hmac.compare_digest``, so neither a token's length nor its prefix leaks through timing.
+    """
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self._digests = [_digest(token) for token in tokens]
+        if not self._digests:
+            raise ValueError("authentication is configured but no API key was found")
+
+    @classmethod
+    def from_config(cls, config: AuthConfig) -> BearerAuth | None:
+        """Gather tokens from the inline list, the environment variable and the file.
+
+        Returns None when authentication is not configured.
+
+        Raises:
+            ValueError: A configured source is missing or holds no token.
+        """
+        if not config.enabled:
+            return None
+        tokens = [key.get_secret_value() for key in config.api_keys]
+        if config.api_keys_env:
+            value = os.environ.get(config.api_keys_env)
+            if value is None:
+                raise ValueError(f"environment variable {config.api_keys_env} is not set")
+            tokens += value.split(",")
+        if config.api_keys_file:
+            tokens += Path(config.api_keys_file).read_text(encoding="utf-8").splitlines()
+        return cls(token.strip() for token in tokens if token.strip())
+
+    def check(self, token: str | None) -> None:
+        """Raise ``AuthenticationError`` unless ``token`` is one of the configured tokens."""
+        presented = _digest(token or "")
+        matched = False
+        for digest in self._digests:
+            matched |= hmac.compare_digest(presented, digest)
+        if token is None or not matched:
+            raise AuthenticationError("a valid bearer token is required")

@@ -1,0 +1,225 @@
+"""``Blip2Handlers``: one typed handler per operation, shared by HTTP routes and handle calls.
+
+A handler checks the caller's limits, decodes the image (here, never on the GPU replica),
+calls the model deployment within the request's deadline and builds the typed response. No
+HTTP and no Ray here: the model deployment is reached through a ``ModelBackend``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from serve_app.config import LimitsConfig, ModelConfig
+from serve_app.contract.api import (
+    CaptionRequest,
+    CaptionResponse,
+    GenerateRequest,
+    GenerateResponse,
+    GenerationParams,
+    HealthResponse,
+    ImageSource,
+    ModelCard,
+    ModelLimits,
+    ModelList,
+    VQARequest,
+    VQAResponse,
+)
+from serve_app.contract.errors import (
+    InvalidRequestError,
+    ModelUnavailableError,
+    RequestTimeoutError,
+)
+from serve_app.contract.openai import ChatCompletion, ChatCompletionRequest
+from serve_app.images.resize import fit_to_model_input
+from serve_app.images.sources import load_image
+from serve_app.ingress.chat import Completion, ImagePrompt, chat_prompt
+from serve_app.ingress.model_client import ModelStream
+from serve_app.model.types import ModelImageInput, ModelRequest, ModelResult, ReplicaInfo, Task
+
+ResultT = TypeVar("ResultT")
+
+READY_TIMEOUT_S = 5.0
+"""How long a readiness probe waits for a model replica to answer."""
+
+
+class ModelBackend(Protocol):
+    """The model deployment as handlers see it (``ModelClient``, or a fake in tests)."""
+
+    async def generate(self, request: ModelRequest) -> ModelResult: ...
+
+    async def open_stream(self, request: ModelRequest) -> tuple[ModelStream, str | ModelResult]: ...
+
+    async def describe(self) -> ReplicaInfo: ...
+
+
+class ImageObserver(Protocol):
+    """Told about every image decoded (metrics)."""
+
+    def on_image(self, seconds: float, size: int | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChatStream:
+    """A streamed chat completion that has started: its first event came from the model."""
+
+    completion: Completion
+    stream: ModelStream
+    first: str | ModelResult
+    deadline: float
+    include_usage: bool
+
+
+class Blip2Handlers:
+    """Validates typed requests, decodes their images and asks the model deployment."""
+
+    def __init__(
+        self,
+        model: ModelBackend,
+        config: ModelConfig,
+        limits: LimitsConfig,
+        observer: ImageObserver | None = None,
+    ) -> None:
+        self._model = model
+        self._config = config
+        self._limits = limits
+        self._observer = observer
+        self._started = int(time.time())
+        self._image_input: ModelImageInput | None = None
+        self._image_input_known = False
+
+    @property
+    def limits(self) -> LimitsConfig:
+        """The caps callers must stay within."""
+        return self._limits
+
+    async def vqa(self, request: VQARequest) -> VQAResponse:
+        """Answer a question about an image."""
+        result = await self._run(request.image, "vqa", request.question, request.params, "question")
+        return VQAResponse(answer=result.text, model=self._config.name, usage=result.usage())
+
+    async def caption(self, request: CaptionRequest) -> CaptionResponse:
+        """Caption an image, optionally after a prefix."""
+        result = await self._run(request.image, "caption", request.prompt or "", request.params)
+        return CaptionResponse(caption=result.text, model=self._config.name, usage=result.usage())
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        """Continue a raw prompt about an image."""
+        result = await self._run(request.image, "prompt", request.prompt, request.params)
+        return GenerateResponse(text=result.text, model=self._config.name, usage=result.usage())
+
+    async def chat_completions(self, request: ChatCompletionRequest) -> ChatCompletion:
+        """An OpenAI chat completion, whole (streams are opened by :meth:`chat_stream`)."""
+        if request.stream:
+            raise InvalidRequestError("stream over the HTTP API", "stream")
+        turn = chat_prompt(request, self._config)
+        result = await self._run(turn.image, turn.task, turn.text, turn.params, "messages")
+        return Completion.new(self._config.name).whole(result)
+
+    async def chat_stream(self, request: ChatCompletionRequest) -> ChatStream:
+        """Start a streamed chat completion; errors before its first token are raised here."""
+        turn = chat_prompt(request, self._config)
+        self._check_limits(turn.text, turn.params, "messages")
+        deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_s
+        async with asyncio.timeout_at(deadline):
+            model_request = await self._model_request(turn, stream=True)
+            stream, first = await self._model.open_stream(model_request)
+        options = request.stream_options
+        return ChatStream(
+            completion=Completion.new(self._config.name),
+            stream=stream,
+            first=first,
+            deadline=deadline,
+            include_usage=bool(options and options.include_usage),
+        )
+
+    async def models(self) -> ModelList:
+        """Describe the served model, its limits and its live batching settings."""
+        info = await self._deadline(self._model.describe())
+        limits = {**self._config.model_dump(), **self._limits.model_dump()}
+        card = ModelCard(
+            **info.model.model_dump(exclude={"image_input"}),
+            **info.batching.model_dump(),
+            id=self._config.name,
+            created=self._started,
+            vqa_prompt_template=self._config.vqa_prompt_template,
+            limits=ModelLimits.model_validate(
+                {name: limits[name] for name in ModelLimits.model_fields}
+            ),
+        )
+        return ModelList(data=[card])
+
+    async def ready(self) -> HealthResponse:
+        """Readiness: a model replica answers."""
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await self._model.describe()
+        except TimeoutError:
+            raise ModelUnavailableError("the model did not answer in time") from None
+        return HealthResponse()
+
+    async def _run(
+        self,
+        image: ImageSource,
+        task: Task,
+        text: str,
+        params: GenerationParams,
+        text_param: str = "prompt",
+    ) -> ModelResult:
+        """Check the caller's limits, then decode the image and generate within the deadline."""
+        self._check_limits(text, params, text_param)
+        turn = ImagePrompt(image=image, task=task, text=text, params=params)
+
+        async def run() -> ModelResult:
+            return await self._model.generate(await self._model_request(turn))
+
+        return await self._deadline(run())
+
+    async def _model_request(self, turn: ImagePrompt, stream: bool = False) -> ModelRequest:
+        pixels = await self._decode(turn.image)
+        return ModelRequest(
+            task=turn.task, text=turn.text, image=pixels, params=turn.params, stream=stream
+        )
+
+    async def _decode(self, image: ImageSource) -> np.ndarray:
+        started = time.perf_counter()
+        pixels = await load_image(image, self._limits)
+        if self._observer is not None:
+            self._observer.on_image(time.perf_counter() - started, image.size_hint)
+        target = await self._model_image_input()
+        if target is not None:
+            pixels = await asyncio.to_thread(fit_to_model_input, pixels, target)
+        return pixels
+
+    async def _model_image_input(self) -> ModelImageInput | None:
+        """The model's image input size, asked of a replica once; None: send images as decoded.
+
+        Resizing here, exactly as the model's processor would, sends the model replica a small
+        array instead of the full image and takes the resize off the replica's CPU.
+        """
+        if not self._image_input_known:
+            self._image_input = (await self._model.describe()).model.image_input
+            self._image_input_known = True
+        return self._image_input
+
+    def _check_limits(self, text: str, params: GenerationParams, text_param: str) -> None:
+        if len(text) > self._limits.max_prompt_chars:
+            raise InvalidRequestError(
+                f"{text_param} is longer than {self._limits.max_prompt_chars} characters",
+                text_param,
+            )
+        self._config.effective_params(params)
+
+    async def _deadline(self, work: Awaitable[ResultT]) -> ResultT:
+        try:
+            async with asyncio.timeout(self._limits.request_timeout_s):
+                return await work
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request did not finish within {self._limits.request_timeout_s:g} s"
+            ) from None

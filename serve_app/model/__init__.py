@@ -1,0 +1,1 @@
+"""BLIP-2 inference without Ray: loading checkpoints, building prompts, batched generation."""

@@ -1,0 +1,114 @@
+"""Requests as BLIP-2's inputs: the prompt of a task, its token ids, the image's pixel values,
+and a batch of them padded the way the language model expects (no Ray)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from serve_app.config import ModelConfig
+from serve_app.contract.errors import InvalidImageError
+from serve_app.model.types import Family, ModelImageInput, ModelRequest, Task
+
+
+@dataclass
+class PreparedRequest:
+    """One request turned into model inputs."""
+
+    index: int
+    task: Task
+    prompt: str
+    text_ids: list[int]
+    plain_ids: list[int]
+    pixel_values: torch.Tensor
+    stream: bool
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of the prompt text (the image's query tokens are not counted)."""
+        return len(self.plain_ids)
+
+
+class InputBuilder:
+    """Builds a model's inputs with its processor: image tokens first, then the prompt."""
+
+    def __init__(self, config: ModelConfig, processor: Any, family: Family, hf_config: Any) -> None:
+        self._config = config
+        self._processor = processor
+        self._tokenizer = processor.tokenizer
+        self._family = family
+        self._query_ids = [int(hf_config.image_token_index)] * int(hf_config.num_query_tokens)
+        self.pad_id = int(self._tokenizer.pad_token_id)
+
+    def build_prompt(self, task: Task, text: str) -> str:
+        """The text the language model sees for ``task`` (VQA uses the configured template)."""
+        if task == "vqa":
+            return self._config.vqa_prompt_template.format(question=text)
+        if task == "caption":
+            return text.rstrip()
+        return text
+
+    def image_input(self) -> ModelImageInput | None:
+        """The size every image is resized to and Pillow's filter, if resizing elsewhere is exact.
+
+        That is so when the image processor is Pillow-based, resizes to a fixed size and does
+        not crop: the ingress can then resize with Pillow and the processor's own resize of an
+        image already at that size changes nothing. Otherwise None.
+        """
+        processor = self._processor.image_processor
+        size = getattr(processor, "size", None)
+        height, width = getattr(size, "height", None), getattr(size, "width", None)
+        if (
+            getattr(processor, "backend", None) != "pil"
+            or not getattr(processor, "do_resize", False)
+            or getattr(processor, "do_center_crop", False)
+            or not height
+            or not width
+        ):
+            return None
+        return ModelImageInput(
+            width=int(width), height=int(height), resample=int(processor.resample)
+        )
+
+    def prepare(self, index: int, request: ModelRequest) -> PreparedRequest:
+        """Tokenize the request's prompt and process its image.
+
+        Raises:
+            InvalidImageError: The image is not an RGB ``uint8`` array.
+        """
+        image = request.image
+        if not (
+            isinstance(image, np.ndarray)
+            and image.dtype == np.uint8
+            and image.ndim == 3
+            and image.shape[2] == 3
+            and image.shape[0] > 0
+            and image.shape[1] > 0
+        ):
+            raise InvalidImageError(
+                "image must be an RGB uint8 array of shape (height, width, 3)", "image"
+            )
+        prompt = self.build_prompt(request.task, request.text)
+        text_ids = [int(i) for i in self._tokenizer(prompt)["input_ids"]]
+        plain = [int(i) for i in self._tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        rgb = Image.fromarray(np.ascontiguousarray(image))
+        pixels = self._processor.image_processor(images=[rgb], return_tensors="pt")
+        return PreparedRequest(
+            index, request.task, prompt, text_ids, plain, pixels["pixel_values"], request.stream
+        )
+
+    def batch(self, items: list[PreparedRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask of a batch; OPT rows are padded on the left."""
+        rows = [self._query_ids + item.text_ids for item in items]
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if self._family == "opt" else slice(0, len(row))
+            ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return ids, mask
