@@ -15,9 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve_app.batching.streams import GenerationObserver
 from serve_app.config import ModelConfig
-from serve_app.model.types import ModelInfo, ModelRequest, ModelResult
+from serve_app.model.types import GenerationObserver, ModelInfo, ModelRequest, ModelResult
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from serve_app.batching.streams import GenerationObserver
 from serve_app.config import ModelConfig
 from serve_app.model.blip2 import Blip2Model
-from serve_app.model.types import ModelInfo, ModelRequest, ModelResult
+from serve_app.model.types import GenerationObserver, ModelInfo, ModelRequest, ModelResult
 
 
 class FullResolutionBlip2:

@@ -19,14 +19,14 @@ import torch
 
 from benchmarks.loadgen import Call, Load, LoadResult, drive
 from serve_app.batching.scheduler import BatchScheduler, QueuedRequest
-from serve_app.batching.streams import GenerationObserver, RequestStream
+from serve_app.batching.streams import RequestStream
 from serve_app.config import LimitsConfig
 from serve_app.contract.api import VQARequest
 from serve_app.contract.errors import ServeAppError
 from serve_app.images.resize import fit_to_model_input
 from serve_app.images.sources import load_image
 from serve_app.model.blip2 import Blip2Model
-from serve_app.model.types import ModelRequest, ModelResult
+from serve_app.model.types import GenerationObserver, ModelRequest, ModelResult
 
 TORCH_THREADS = 1
 """What Ray gives its workers (``OMP_NUM_THREADS=1``), so both sides compute alike."""

@@ -16,9 +16,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from serve_app.batching.streams import GenerationObserver, Outcome, RequestStream, StreamsObserver
+from serve_app.batching.streams import Outcome, RequestStream, StreamsObserver
 from serve_app.contract.errors import GenerationFailedError
-from serve_app.model.types import ModelRequest
+from serve_app.model.types import GenerationObserver, ModelRequest
 
 logger = logging.getLogger("ray.serve")
 

@@ -1,30 +1,19 @@
 """The bridge between a batch generating in a worker thread and the replica's event loop.
 
 The model reports streamed text and asks about cancellations through a
-``GenerationObserver``; ``StreamsObserver`` implements it over the ``RequestStream`` of each
-request in the batch, on a running asyncio loop (no Ray).
+``GenerationObserver`` (see :mod:`serve_app.model.types`); ``StreamsObserver`` implements it
+over the ``RequestStream`` of each request in the batch, on a running asyncio loop (no Ray).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
 
 from serve_app.model.types import ModelResult
 
 Outcome = ModelResult | Exception
 """How a request ends: its result, or the error its caller gets."""
-
-
-class GenerationObserver(Protocol):
-    """Receives streamed text and says which requests are no longer wanted."""
-
-    def on_text(self, index: int, delta: str) -> None:
-        """New text for request ``index`` (its deltas add up to its final text)."""
-
-    def is_cancelled(self, index: int) -> bool:
-        """Whether request ``index``'s caller has gone away."""
 
 
 class RequestStream:

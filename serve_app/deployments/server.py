@@ -9,11 +9,17 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 from serve_app.batching.batcher import RequestBatcher
-from serve_app.batching.streams import GenerationObserver, Outcome
+from serve_app.batching.streams import Outcome
 from serve_app.config import BatchingConfig, ModelConfig
 from serve_app.contract.errors import GenerationFailedError, ServeAppError
 from serve_app.metrics import ServerMetrics
-from serve_app.model.types import ModelInfo, ModelRequest, ModelResult, ReplicaInfo
+from serve_app.model.types import (
+    GenerationObserver,
+    ModelInfo,
+    ModelRequest,
+    ModelResult,
+    ReplicaInfo,
+)
 
 logger = logging.getLogger("ray.serve")
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from serve_app.batching.streams import GenerationObserver
 from serve_app.config import ModelConfig
 from serve_app.contract.api import GenerationParams
 from serve_app.contract.errors import GenerationFailedError, InvalidImageError, InvalidRequestError
@@ -25,6 +24,7 @@ from serve_app.model.output_text import OutputText
 from serve_app.model.step_tracker import StepTracker, TrackedRow
 from serve_app.model.types import (
     Family,
+    GenerationObserver,
     ModelImageInput,
     ModelInfo,
     ModelRequest,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria
 
-from serve_app.batching.streams import GenerationObserver
+from serve_app.model.types import GenerationObserver
 
 Render = Callable[[int, list[int]], tuple[str, bool]]
 """Turns a row's generated token ids into (final-form text, whether a stop string was hit)."""

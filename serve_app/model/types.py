@@ -1,12 +1,13 @@
 """The typed contract between the ingress and the model deployment (no Ray, no torch).
 
 The ingress sends a ``ModelRequest`` (the image already decoded) and gets a ``ModelResult``;
-it learns what a replica serves from its ``ReplicaInfo``.
+it learns what a replica serves from its ``ReplicaInfo``. A model reports streamed text to, and
+learns of cancelled requests from, a ``GenerationObserver``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +55,16 @@ class ModelResult(BaseModel):
             completion_tokens=self.completion_tokens,
             total_tokens=self.prompt_tokens + self.completion_tokens,
         )
+
+
+class GenerationObserver(Protocol):
+    """Receives streamed text and says which requests are no longer wanted."""
+
+    def on_text(self, index: int, delta: str) -> None:
+        """New text for request ``index`` (its deltas add up to its final text)."""
+
+    def is_cancelled(self, index: int) -> bool:
+        """Whether request ``index``'s caller has gone away."""
 
 
 class ModelImageInput(BaseModel):

@@ -9,9 +9,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from serve_app.batching.streams import GenerationObserver
 from serve_app.config import ModelConfig
-from serve_app.model.types import ModelInfo, ModelRequest, ModelResult
+from serve_app.model.types import GenerationObserver, ModelInfo, ModelRequest, ModelResult
 
 
 class SlowFakeModel:

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from serve_app.batching.scheduler import BatchScheduler, QueuedRequest
-from serve_app.batching.streams import GenerationObserver, Outcome, RequestStream
+from serve_app.batching.streams import Outcome, RequestStream
 from serve_app.contract.errors import GenerationFailedError
-from serve_app.model.types import ModelRequest, ModelResult
+from serve_app.model.types import GenerationObserver, ModelRequest, ModelResult
 
 
 class GatedFakeModel:
