@@ -39,8 +39,6 @@ Authorization = Annotated[
 ]
 """The caller's bearer token, if it sent one (routes decide; health routes take none)."""
 
-BODY_MEDIA_TYPES = ("application/json", "multipart/form-data")
-
 
 def make_http_app(
     handlers: Blip2Handlers, auth: BearerAuth | None, metrics: HttpMetrics
@@ -68,7 +66,7 @@ def make_http_app(
             responses=ERROR_RESPONSES,
             openapi_extra=request_body(route.request),
             summary=route.summary,
-        )(_image_endpoint(route, getattr(handlers, route.handler), authorize, handlers))
+        )(_image_endpoint(route, handlers, authorize))
 
     @app.post(
         "/v1/chat/completions",
@@ -115,19 +113,16 @@ def make_http_app(
 
 def _image_endpoint(
     route: ImageRoute,
-    handler: Callable[[Any], Awaitable[BaseModel]],
-    authorize: Callable[[HTTPAuthorizationCredentials | None], None],
     handlers: Blip2Handlers,
+    authorize: Callable[[HTTPAuthorizationCredentials | None], None],
 ) -> Callable[..., Awaitable[BaseModel]]:
     """The route function of one image route: check the token, parse the body, call."""
+    handler: Callable[[Any], Awaitable[BaseModel]] = getattr(handlers, route.handler)
+    max_bytes = handlers.limits.max_body_bytes
 
     async def endpoint(request: Request, authorization: Authorization) -> BaseModel:
         authorize(authorization)
-        kind = body.require_media_type(request, BODY_MEDIA_TYPES)
-        raw = await body.read_body(request, handlers.limits.max_body_bytes)
-        if kind == "application/json":
-            return await handler(body.parse_json(raw, route.request))
-        return await handler(await body.parse_multipart(request, raw, route.request))
+        return await handler(await body.parse_image_request(request, route.request, max_bytes))
 
     endpoint.__name__ = route.handler
     endpoint.__doc__ = route.summary

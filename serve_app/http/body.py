@@ -24,6 +24,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 MAX_FORM_FIELDS = 16
 UPLOAD_FIELD = "image"
+IMAGE_BODY_MEDIA_TYPES = ("application/json", "multipart/form-data")
 
 
 def media_type(request: Request) -> str:
@@ -119,6 +120,15 @@ def _params_json(value: str) -> Mapping[str, Any]:
     if not isinstance(params, dict):
         raise InvalidRequestError("params must be a JSON object", "params")
     return params
+
+
+async def parse_image_request(request: Request, model: type[ModelT], max_bytes: int) -> ModelT:
+    """``model`` from a JSON body, or from a multipart form whose file part is the image."""
+    kind = require_media_type(request, IMAGE_BODY_MEDIA_TYPES)
+    body = await read_body(request, max_bytes)
+    if kind == "application/json":
+        return parse_json(body, model)
+    return await parse_multipart(request, body, model)
 
 
 def require_media_type(request: Request, accepted: tuple[str, ...]) -> str:

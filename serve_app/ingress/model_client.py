@@ -67,8 +67,7 @@ async def until_done(response: Any) -> Any:
 async def call_with_retry(send: Callable[[], Awaitable[ResultT]]) -> ResultT:
     """Make a model call; if its replica dies mid-request, make it once more elsewhere.
 
-    Generation is idempotent, so a retry is safe. When the caller goes away or its deadline
-    passes, Serve cancels the call downstream, so queued work is dropped.
+    Generation is idempotent, so a retry is safe.
     """
     try:
         return await send()
