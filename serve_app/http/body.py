@@ -115,7 +115,7 @@ def _form_fields(items: list[tuple[str, Any]], model: type[BaseModel]) -> dict[s
 def _params_json(value: str) -> Mapping[str, Any]:
     try:
         params = json.loads(value)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # bad JSON, huge integers, deep nesting
         raise InvalidRequestError("params must be a JSON object", "params") from None
     if not isinstance(params, dict):
         raise InvalidRequestError("params must be a JSON object", "params")

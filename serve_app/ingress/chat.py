@@ -64,9 +64,13 @@ def chat_prompt(request: ChatCompletionRequest, model: ModelConfig) -> ImageProm
     if request.messages[image_index].role != "user":
         raise InvalidRequestError("only a user message may carry the image", "messages")
     image_url = image_part.image_url.url
-    image = (
-        ImageSource(data=image_url) if image_url.startswith("data:") else ImageSource(url=image_url)
-    )
+    form = "data" if image_url.startswith("data:") else "url"
+    try:
+        image = ImageSource.model_validate({form: image_url})
+    except ValidationError as exc:
+        raise InvalidRequestError(
+            f"image_url: {invalid_request(exc).message}", "messages"
+        ) from None
     task, text = _prompt(request.messages, model.vqa_prompt_template)
     return ImagePrompt(image=image, task=task, text=text, params=_params(request))
 

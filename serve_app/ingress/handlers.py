@@ -126,9 +126,11 @@ class Blip2Handlers:
         turn = chat_prompt(request, self._config)
         self._check_limits(turn.text, turn.params, "messages")
         deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_s
-        async with asyncio.timeout_at(deadline):
-            model_request = await self._model_request(turn, stream=True)
-            stream, first = await self._model.open_stream(model_request)
+
+        async def start() -> tuple[ModelStream, str | ModelResult]:
+            return await self._model.open_stream(await self._model_request(turn, stream=True))
+
+        stream, first = await self._deadline(start())
         options = request.stream_options
         return ChatStream(
             completion=Completion.new(self._config.name),

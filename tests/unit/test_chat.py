@@ -14,6 +14,7 @@ from serve_app.model.types import ModelResult
 
 MODEL = ModelConfig(model_id="blip2")
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+LONG_URL_IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/" + "a" * 9000}}
 
 
 def text(value: str) -> dict[str, str]:
@@ -82,6 +83,12 @@ def test_openai_settings_become_generation_settings() -> None:
             {"max_tokens": 99999},
             InvalidRequestError,
             "max_tokens",
+        ),
+        (
+            [{"role": "user", "content": [LONG_URL_IMAGE]}],
+            {},
+            InvalidRequestError,
+            "messages",
         ),
     ],
 )

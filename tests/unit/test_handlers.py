@@ -188,3 +188,11 @@ def test_a_chat_stream_starts_with_its_first_event() -> None:
     assert started.first == "two "
     assert model.requests[0].stream
     assert not started.include_usage
+
+
+def test_a_chat_stream_whose_deadline_passes_before_its_first_token_is_a_timeout() -> None:
+    handlers = Blip2Handlers(
+        FakeModelBackend(seconds=1.0), MODEL, LimitsConfig(request_timeout_s=0.05)
+    )
+    with pytest.raises(RequestTimeoutError):
+        asyncio.run(handlers.chat_stream(chat(stream=True)))

@@ -19,6 +19,8 @@ from serve_app.http import body
 from tests.support.images import image_bytes
 
 BOUNDARY = "testboundary"
+HUGE_NUMBER = '{"seed": ' + "9" * 5000 + "}"
+DEEP_NESTING = "[" * 200_000 + "]" * 200_000
 
 
 def form(*parts: tuple[str, str | bytes]) -> bytes:
@@ -83,6 +85,11 @@ def test_an_upload_keeps_its_bytes_and_flat_or_json_settings() -> None:
             "top_p",
         ),
         ((("image", b"x"), ("question", "q"), ("colour", "red")), "colour"),
+        (
+            (("image", b"x"), ("question", "q"), ("params", '{"seed": ' + "9" * 5000 + "}")),
+            "params",
+        ),
+        ((("image", b"x"), ("question", "q"), ("params", "[" * 200_000 + "]" * 200_000)), "params"),
     ],
 )
 def test_bad_forms_are_typed_errors_naming_the_field(
