@@ -29,7 +29,9 @@ class GenerationParams(StrictModel):
     stop: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(
         (), max_length=4, description="Stop before any of these strings (not included)."
     )
-    seed: int | None = Field(None, description="Seed for sampling, for repeatable samples.")
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = Field(
+        None, description="Seed for sampling: the same seeded request gives the same text."
+    )
 
 
 EXAMPLE_IMAGE = (

@@ -151,12 +151,14 @@ class Blip2Model:
         """Generate for a batch; the result at index ``i`` answers ``requests[i]``.
 
         Requests are grouped by their effective generation settings, one ``generate`` per
-        group. A failing request gets an exception in its slot; the others are unaffected.
+        group; a seeded sample runs alone, from its own seed, so its text is the same whatever
+        else is in the batch. A failing request gets an exception in its slot; the others are
+        unaffected.
         ``observer`` receives the text of streaming requests as it is generated (the deltas of
         a request add up to its result's text) and can cancel requests mid-generation.
         """
         results: list[ModelResult | Exception | None] = [None] * len(requests)
-        groups: dict[GenerationParams, list[PreparedRequest]] = {}
+        groups: dict[tuple[GenerationParams, int | None], list[PreparedRequest]] = {}
         for index, request in enumerate(requests):
             try:
                 params = self._config.effective_params(request.params)
@@ -164,9 +166,10 @@ class Blip2Model:
             except Exception as exc:
                 results[index] = _as_client_error(exc)
                 continue
-            groups.setdefault(params, []).append(prepared)
+            seeded = params.do_sample and params.seed is not None
+            groups.setdefault((params, index if seeded else None), []).append(prepared)
         emitted: dict[int, str] = {}
-        for params, items in groups.items():
+        for (params, _), items in groups.items():
             outcomes = self._run_isolated(items, params, observer, emitted)
             for item, outcome in zip(items, outcomes, strict=True):
                 results[item.index] = outcome

@@ -164,6 +164,11 @@ CASES: dict[str, tuple[Request, int, str]] = {
         422,
         "invalid_request",
     ),
+    "seed past 2**63 - 1": (
+        lambda: as_json(image={"data": B64}, question="q", params={"seed": 2**63}),
+        422,
+        "invalid_request",
+    ),
     "max_new_tokens text": (
         lambda: as_json(image={"data": B64}, question="q", params={"max_new_tokens": "many"}),
         422,

@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from transformers import AutoTokenizer
 
 from serve_app.config import TINY_RANDOM_OPT, TINY_RANDOM_T5, ModelConfig
+from serve_app.contract.api import GenerationParams
 from serve_app.contract.errors import GenerationFailedError, InvalidImageError, InvalidRequestError
 from serve_app.model.blip2 import Blip2Model
 from serve_app.model.builtin import RECIPE_VERSION, resolve_builtin
@@ -290,3 +292,23 @@ def test_outputs_depend_on_image_and_prompt(model: Blip2Model) -> None:
 def test_importing_the_model_module_does_not_import_ray() -> None:
     code = "import serve_app.model.blip2, sys; assert 'ray' not in sys.modules, 'ray was imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+def test_a_seeded_sample_is_the_same_alone_and_in_a_batch(model: Blip2Model) -> None:
+    sampled = {"do_sample": True, "temperature": 1.5, "max_new_tokens": 8}
+    mine = request("What is it?", 0, seed=7, **sampled)
+    others = [
+        request("What is it?", 1, seed=7, **sampled),
+        request("Why?", 2, seed=8, **sampled),
+        request("How many?", 3, **sampled),
+    ]
+    alone_text = ok(model.generate([mine])[0]).text
+    first = model.generate([mine, *others])[0]
+    last = model.generate([*others, mine])[-1]
+    assert ok(first).text == ok(last).text == alone_text
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63])
+def test_a_seed_out_of_range_is_refused(seed: int) -> None:
+    with pytest.raises(ValidationError):
+        GenerationParams(seed=seed)
