@@ -201,6 +201,11 @@ class AuthConfig(StrictModel):
     api_keys: list[SecretStr] = Field(
         default_factory=list, description="Tokens given inline (prefer the env or file source)."
     )
+    allow_anonymous: bool = Field(
+        False,
+        description="Serve without tokens although the HTTP proxy listens on an address other "
+        "hosts can reach (without it, such an ingress refuses to start).",
+    )
 
     @property
     def enabled(self) -> bool:

@@ -192,7 +192,9 @@ class ModelCard(StrictModel):
     object: Literal["model"] = "model"
     created: int = Field(description="When the serving application started (Unix time).")
     owned_by: str = "blip2-serve"
-    source: str = Field(description="The Hugging Face id, directory or builtin name loaded.")
+    source: str = Field(
+        description="The Hugging Face id or builtin name loaded; a local directory's folder name."
+    )
     family: Literal["opt", "t5"]
     dtype: str
     device: str

@@ -6,14 +6,23 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
+from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AuthConfig, LimitsConfig, ModelConfig
 from serve_app.http.app import make_http_app
-from serve_app.ingress.auth import BearerAuth
+from serve_app.ingress.auth import BearerAuth, require_auth_when_exposed
 from serve_app.ingress.handlers import Blip2Handlers
 from serve_app.ingress.model_client import ModelClient
 from serve_app.metrics import HttpMetrics, IngressMetrics
+
+
+def serve_http_host() -> str:
+    """The address Serve's HTTP proxies listen on (its ``http_options.host``)."""
+    client = _get_global_client()
+    if client is None:
+        raise RuntimeError("Serve is not running")
+    return str(client.http_config.host)
 
 
 @serve.ingress()
@@ -33,6 +42,7 @@ class Blip2Ingress(Blip2Handlers):
         limits: LimitsConfig,
         auth: AuthConfig,
     ) -> None:
+        require_auth_when_exposed(serve_http_host(), auth)
         super().__init__(ModelClient(model), model_options, limits, IngressMetrics())
         self._auth = BearerAuth.from_config(auth)
 

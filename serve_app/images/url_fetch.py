@@ -34,6 +34,10 @@ IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _log = logging.getLogger(__name__)
 
+UNREACHABLE_HOST = "the image URL's host is not allowed or could not be resolved"
+"""One message for a host that did not resolve and one that resolved to a refused address, so
+callers cannot use the difference to map internal host names."""
+
 _CHUNK_BYTES = 64 * 1024
 _GRACE_S = 1.0
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -143,7 +147,7 @@ def check_url_allowed(url: str, limits: LimitsConfig, param: str = "image.url") 
     port = (443 if scheme == "https" else 80) if port is None else port
     addresses = _resolve(host, port, param)
     if not limits.allow_private_urls and not all(map(is_public_address, addresses)):
-        raise ImageFetchError("the image URL points to an address that is not allowed", param)
+        raise ImageFetchError(UNREACHABLE_HOST, param)
     target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
     return CheckedURL(scheme, host, port, target, str(addresses[0]))
 
@@ -156,11 +160,11 @@ def _resolve(host: str, port: int, param: str) -> list[IPAddress]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        raise ImageFetchError("could not resolve the image URL host", param) from None
+        raise ImageFetchError(UNREACHABLE_HOST, param) from None
     families = (socket.AF_INET, socket.AF_INET6)
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos if info[0] in families]
     if not addresses:
-        raise ImageFetchError("could not resolve the image URL host", param)
+        raise ImageFetchError(UNREACHABLE_HOST, param)
     return addresses
 
 

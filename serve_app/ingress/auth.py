@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,3 +58,29 @@ class BearerAuth:
             matched |= hmac.compare_digest(presented, digest)
         if token is None or not matched:
             raise AuthenticationError("a valid bearer token is required")
+
+
+def require_auth_when_exposed(host: str, config: AuthConfig) -> None:
+    """Refuse to serve anonymously on an address other hosts can reach, unless allowed.
+
+    Raises:
+        ValueError: ``host`` is not a loopback address, no token source is configured and
+            ``allow_anonymous`` is not set.
+    """
+    if config.enabled or config.allow_anonymous or is_loopback(host):
+        return
+    raise ValueError(
+        f"the HTTP proxy listens on {host!r}, which other hosts can reach, and no API key is "
+        "configured: set auth.api_keys_env or auth.api_keys_file, or auth.allow_anonymous: true "
+        "to serve anyone who can connect"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,7 +98,10 @@ class Blip2Model:
         model.to(device)
         model.eval()
         logger.info("loaded %s on %s as %s", config.model_id, device, dtype)
-        return cls(config, config.model_id, processor, model, device, dtype)
+        # A local directory is named by its folder only: callers never see server paths.
+        local = builtin is None and Path(source).is_dir()
+        name = Path(source).name if local else config.model_id
+        return cls(config, name, processor, model, device, dtype)
 
     @property
     def config(self) -> ModelConfig:

@@ -86,7 +86,9 @@ class ModelInfo(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    source: str = Field(description="The Hugging Face id, directory or builtin name loaded.")
+    source: str = Field(
+        description="The Hugging Face id or builtin name loaded; a local directory's folder name."
+    )
     family: Family
     dtype: str
     device: str

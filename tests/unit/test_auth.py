@@ -8,7 +8,7 @@ import pytest
 
 from serve_app.config import AuthConfig
 from serve_app.contract.errors import AuthenticationError
-from serve_app.ingress.auth import BearerAuth
+from serve_app.ingress.auth import BearerAuth, require_auth_when_exposed
 
 
 def test_not_configured_means_no_authentication() -> None:
@@ -54,3 +54,16 @@ def test_inline_tokens_are_hidden_in_the_config_repr() -> None:
     config = AuthConfig.model_validate({"api_keys": ["very-secret"]})
     assert "very-secret" not in repr(config)
     assert "very-secret" not in config.model_dump_json()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_anonymous_serving_on_loopback_is_allowed(host: str) -> None:
+    require_auth_when_exposed(host, AuthConfig())
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.7", "blip2.internal"])
+def test_anonymous_serving_on_a_reachable_address_is_refused(host: str) -> None:
+    with pytest.raises(ValueError, match="allow_anonymous"):
+        require_auth_when_exposed(host, AuthConfig())
+    require_auth_when_exposed(host, AuthConfig(api_keys_env="BLIP2_API_KEYS"))
+    require_auth_when_exposed(host, AuthConfig(allow_anonymous=True))

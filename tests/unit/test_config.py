@@ -110,3 +110,12 @@ def test_a_batch_size_over_the_replica_room_is_refused_when_applied() -> None:
     assert batcher.settings == BatchingConfig()
     batcher.configure(BatchingConfig(max_batch_size=8))
     assert batcher.settings.max_batch_size == 8
+
+
+def test_the_production_config_ships_closed_and_the_cpu_config_local() -> None:
+    (production,) = load_config("serve_config.yaml")["applications"]
+    auth = AppConfig.model_validate(production["args"]).auth
+    assert auth.api_keys_env and not auth.api_keys and not auth.allow_anonymous
+    cpu = load_config("serve_config.cpu.yaml")
+    assert cpu["http_options"]["host"] == "127.0.0.1"
+    assert not AppConfig.model_validate(cpu["applications"][0]["args"]).auth.enabled

@@ -636,12 +636,21 @@ def test_private_addresses_refused(url: str, fake_dns: object) -> None:
         ("http:///x.png", "no host"),
         ("http://93.184.216.34:99999/", "malformed"),
         ("http://93.184.216.34/a b", "malformed"),
-        ("http://no-such-host.invalid/", "could not resolve"),
+        ("http://no-such-host.invalid/", "not allowed or could not be resolved"),
     ],
 )
 def test_malformed_or_forbidden_urls(url: str, message: str) -> None:
     with pytest.raises(ImageFetchError, match=message):
         check_url_allowed(url, PRIVATE_OK)
+
+
+def test_an_unknown_host_and_a_refused_address_read_the_same() -> None:
+    messages = []
+    for url in ("http://no-such-host.invalid/", "http://127.0.0.1/", "http://localhost/"):
+        with pytest.raises(ImageFetchError) as refused:
+            check_url_allowed(url, LIMITS)
+        messages.append(refused.value.message)
+    assert len(set(messages)) == 1, messages
 
 
 def test_public_addresses_pass_the_check(fake_dns: object) -> None:

@@ -1,0 +1,70 @@
+"""Serve's HTTP proxy on an address other hosts can reach: the ingress needs tokens to start.
+
+Only loopback traffic is sent; listening on 0.0.0.0 is what is under test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import ray
+import requests
+from ray import cloudpickle, serve
+
+import tests.support.fakes
+from serve_app.app import INGRESS_DEPLOYMENT, build_application
+from serve_app.config import AppConfig
+from tests.serve.conftest import free_port
+from tests.support.fakes import slow_fake_model
+from tests.support.serving import APP_NAME, app_status
+
+TOKEN = "exposure-test-token"
+
+
+@pytest.fixture(scope="module")
+def exposed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Ray and Serve with the HTTP proxy on every interface (reached here over loopback)."""
+    os.environ["SERVE_APP_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    cloudpickle.register_pickle_by_value(tests.support.fakes)
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "0.0.0.0", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def deploy(auth: dict[str, Any]) -> None:
+    """Run the application with ``auth`` and wait until it runs (raises if it cannot start)."""
+    args = {
+        "model_deployment": {"num_gpus": 1, "num_cpus": 0},
+        "ingress_deployment": {"num_cpus": 0},
+        "auth": auth,
+    }
+    serve.run(build_application(AppConfig.model_validate(args), slow_fake_model), name=APP_NAME)
+
+
+def test_an_anonymous_ingress_refuses_to_start_on_a_reachable_address(exposed_url: str) -> None:
+    with pytest.raises(RuntimeError, match="failed"):
+        deploy({})
+    assert app_status() == "DEPLOY_FAILED"
+    status = serve.status().applications[APP_NAME].deployments[INGRESS_DEPLOYMENT]
+    assert "allow_anonymous" in status.message
+    serve.delete(APP_NAME)
+
+
+def test_with_tokens_it_starts_and_asks_for_them(exposed_url: str) -> None:
+    deploy({"api_keys": [TOKEN]})
+    assert requests.get(f"{exposed_url}/v1/models", timeout=30).status_code == 401
+    authorized = {"Authorization": f"Bearer {TOKEN}"}
+    assert requests.get(f"{exposed_url}/v1/models", headers=authorized, timeout=30).ok
+
+
+def test_anonymous_serving_when_the_config_says_so(exposed_url: str) -> None:
+    deploy({"allow_anonymous": True})
+    assert requests.get(f"{exposed_url}/v1/models", timeout=30).ok
