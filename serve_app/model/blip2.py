@@ -166,7 +166,7 @@ class Blip2Model:
         for index, request in enumerate(requests):
             try:
                 params = self._config.effective_params(request.params)
-                prepared = self._inputs.prepare(index, request)
+                prepared = self._inputs.prepare(index, request, params.max_new_tokens or 0)
             except Exception as exc:
                 results[index] = _as_client_error(exc)
                 continue

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from serve_app.config import ModelConfig
-from serve_app.contract.errors import InvalidImageError
+from serve_app.contract.errors import InvalidImageError, InvalidRequestError
 from serve_app.model.types import Family, ModelImageInput, ModelRequest, Task
 
 
@@ -43,6 +43,11 @@ class InputBuilder:
         self._family = family
         self._query_ids = [int(hf_config.image_token_index)] * int(hf_config.num_query_tokens)
         self.pad_id = int(self._tokenizer.pad_token_id)
+        # A decoder-only model has a fixed number of positions for the image's query tokens,
+        # the prompt and the new tokens together; past it a GPU kernel fails (and poisons the
+        # process). T5's relative positions have no such limit.
+        positions = getattr(hf_config.text_config, "max_position_embeddings", None)
+        self._max_positions: int | None = int(positions) if family == "opt" and positions else None
 
     def build_prompt(self, task: Task, text: str) -> str:
         """The text the language model sees for ``task`` (VQA uses the configured template)."""
@@ -74,11 +79,12 @@ class InputBuilder:
             width=int(width), height=int(height), resample=int(processor.resample)
         )
 
-    def prepare(self, index: int, request: ModelRequest) -> PreparedRequest:
+    def prepare(self, index: int, request: ModelRequest, max_new_tokens: int) -> PreparedRequest:
         """Tokenize the request's prompt and process its image.
 
         Raises:
             InvalidImageError: The image is not an RGB ``uint8`` array.
+            InvalidRequestError: The prompt and ``max_new_tokens`` do not fit the model.
         """
         image = request.image
         if not (
@@ -94,12 +100,25 @@ class InputBuilder:
             )
         prompt = self.build_prompt(request.task, request.text)
         text_ids = [int(i) for i in self._tokenizer(prompt)["input_ids"]]
+        self._check_fits(request, len(text_ids), max_new_tokens)
         plain = [int(i) for i in self._tokenizer(prompt, add_special_tokens=False)["input_ids"]]
         rgb = Image.fromarray(np.ascontiguousarray(image))
         pixels = self._processor.image_processor(images=[rgb], return_tensors="pt")
         return PreparedRequest(
             index, request.task, prompt, text_ids, plain, pixels["pixel_values"], request.stream
         )
+
+    def _check_fits(self, request: ModelRequest, text_tokens: int, max_new_tokens: int) -> None:
+        if self._max_positions is None:
+            return
+        needed = len(self._query_ids) + text_tokens + max_new_tokens
+        if needed > self._max_positions:
+            raise InvalidRequestError(
+                f"the prompt is {text_tokens} tokens: with the image's {len(self._query_ids)} "
+                f"and up to {max_new_tokens} new tokens that exceeds the model's "
+                f"{self._max_positions} positions",
+                "question" if request.task == "vqa" else "prompt",
+            )
 
     def batch(self, items: list[PreparedRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask of a batch; OPT rows are padded on the left."""

@@ -19,7 +19,7 @@ from ray import serve
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 
-from serve_app.contract.errors import GenerationFailedError
+from serve_app.contract.errors import InvalidRequestError, ServeAppError
 from serve_app.model.types import ModelRequest
 from tests.support.images import image_bytes, make_image
 from tests.support.serving import APP_NAME, deploy_config, fit_for_tests, load_config
@@ -275,7 +275,8 @@ def test_fuzzed_requests_never_cause_a_server_error(case: Any) -> None:
 
 
 def test_a_poisoned_item_fails_alone_inside_its_batch(url: str) -> None:
-    """An item the real model cannot run (a prompt past its context) fails; the rest answer."""
+    """An item the real model cannot run (a prompt past its positions) is refused alone, with
+    a typed error, before any generate runs; the rest of its batch answers as if alone."""
     server = serve.get_deployment_handle("Blip2Server", APP_NAME)
     image = np.asarray(make_image(0))
     good = [ModelRequest(task="vqa", text=f"what is {i}?", image=image) for i in range(5)]
@@ -288,10 +289,10 @@ def test_a_poisoned_item_fails_alone_inside_its_batch(url: str) -> None:
     for response in responses:
         try:
             outcomes.append(response.result())
-        except GenerationFailedError as error:
+        except ServeAppError as error:
             outcomes.append(error)
 
-    assert isinstance(outcomes[2], GenerationFailedError)
+    assert isinstance(outcomes[2], InvalidRequestError) and outcomes[2].param == "prompt"
     assert "word" not in str(outcomes[2])
     assert [outcomes[i] for i in (0, 1, 3, 4, 5)] == alone
     after = server.batch_size_counts.remote().result()

@@ -232,17 +232,30 @@ def test_a_bad_image_fails_alone(opt_model: Blip2Model, bad: np.ndarray[Any, Any
     assert [results[0], results[2]] == alone(opt_model, good)
 
 
-def test_a_request_that_breaks_the_model_fails_alone(opt_model: Blip2Model) -> None:
-    # More tokens than the tiny OPT has positions: the batched generate raises, so every
-    # request is retried alone and only this one fails.
+def test_a_request_that_breaks_the_model_fails_alone(
+    opt_model: Blip2Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fault inside the model (as a kernel would fail) whenever the long prompt is in the
+    # batch: the batched generate raises, so every request is retried alone and only this one
+    # fails.
     good = [request("What?", 0), request("a photo of", 1, task="caption")]
-    too_long = request("x" * 3000, 2, task="prompt")
-    results = opt_model.generate([good[0], too_long, good[1]])
+    poisoned = request("x" * 600, 2, task="prompt")
+    hf_model = opt_model._model
+    original = hf_model.generate
+
+    def breaks_on_long_rows(**kwargs: Any) -> Any:
+        if kwargs["input_ids"].shape[1] > 100:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return original(**kwargs)
+
+    expected = alone(opt_model, good)
+    monkeypatch.setattr(hf_model, "generate", breaks_on_long_rows)
+    results = opt_model.generate([good[0], poisoned, good[1]])
     failure = results[1]
     assert isinstance(failure, GenerationFailedError)
     assert str(failure) == "generation failed"
     assert failure.__cause__ is not None
-    assert [results[0], results[2]] == alone(opt_model, good)
+    assert [results[0], results[2]] == expected
 
 
 def test_prompt_tokens_count_the_prompt_text_only(model: Blip2Model, cache_dir: Path) -> None:
@@ -312,3 +325,26 @@ def test_a_seeded_sample_is_the_same_alone_and_in_a_batch(model: Blip2Model) -> 
 def test_a_seed_out_of_range_is_refused(seed: int) -> None:
     with pytest.raises(ValidationError):
         GenerationParams(seed=seed)
+
+
+def test_a_prompt_past_the_model_positions_fails_alone_before_any_batch_runs(
+    opt_model: Blip2Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2000 emoji are ~8000 byte-level tokens; the tiny OPT has 2048 positions."""
+    batch_sizes: list[int] = []
+    hf_model = opt_model._model
+    original = hf_model.generate
+
+    def spy(**kwargs: Any) -> Any:
+        batch_sizes.append(int(kwargs["input_ids"].shape[0]))
+        return original(**kwargs)
+
+    monkeypatch.setattr(hf_model, "generate", spy)
+    requests = [request("What?", 0), request("\U0001f600" * 2000, 1), request("Why?", 2)]
+    first, overlong, last = opt_model.generate(requests)
+    assert isinstance(overlong, InvalidRequestError), overlong
+    assert overlong.param == "question" and "2048 positions" in overlong.message
+    assert ok(first).text and ok(last).text
+    assert batch_sizes == [2]
+    fits = request("word " * 300, 3, task="prompt", max_new_tokens=6)
+    assert ok(opt_model.generate([fits])[0]).completion_tokens > 0
