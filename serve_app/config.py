@@ -163,6 +163,9 @@ class LimitsConfig(StrictModel):
     """Caps on what a caller controls, enforced in the ingress."""
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline for receiving a request body (408 after it)."
+    )
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_prompt_chars: int = Field(2000, ge=1)

@@ -114,6 +114,13 @@ class ModelUnavailableError(ServeAppError):
     code = "model_unavailable"
 
 
+class BodyTimeoutError(ServeAppError):
+    """The request body did not arrive within its deadline."""
+
+    status_code = 408
+    code = "body_timeout"
+
+
 class RequestTimeoutError(ServeAppError):
     """The request did not finish within its deadline."""
 

@@ -79,7 +79,7 @@ def make_http_app(
         try:
             authorize(authorization)
             body.require_media_type(request, ("application/json",))
-            raw = await body.read_body(request, handlers.limits.max_body_bytes)
+            raw = await body.read_body(request, handlers.limits)
             chat = body.parse_json(raw, ChatCompletionRequest)
             if chat.stream:
                 events = chat_events(await handlers.chat_stream(chat))
@@ -118,11 +118,11 @@ def _image_endpoint(
 ) -> Callable[..., Awaitable[BaseModel]]:
     """The route function of one image route: check the token, parse the body, call."""
     handler: Callable[[Any], Awaitable[BaseModel]] = getattr(handlers, route.handler)
-    max_bytes = handlers.limits.max_body_bytes
+    limits = handlers.limits
 
     async def endpoint(request: Request, authorization: Authorization) -> BaseModel:
         authorize(authorization)
-        return await handler(await body.parse_image_request(request, route.request, max_bytes))
+        return await handler(await body.parse_image_request(request, route.request, limits))
 
     endpoint.__name__ = route.handler
     endpoint.__doc__ = route.summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -11,8 +12,10 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import Message
 
+from serve_app.config import LimitsConfig
 from serve_app.contract.api import GenerationParams, ImageSource
 from serve_app.contract.errors import (
+    BodyTimeoutError,
     InvalidRequestError,
     MalformedBodyError,
     PayloadTooLargeError,
@@ -32,18 +35,26 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """Read the body, refusing it as soon as it exceeds ``max_bytes`` (declared or streamed)."""
+async def read_body(request: Request, limits: LimitsConfig) -> bytes:
+    """Read the body within ``limits.body_timeout_s``, refusing it as soon as it exceeds
+    ``limits.max_body_bytes`` (declared or streamed)."""
+    max_bytes = limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"the request body exceeds {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLargeError(f"the request body exceeds {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLargeError(f"the request body exceeds {max_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeoutError(
+            f"the request body did not arrive within {limits.body_timeout_s:g} s"
+        ) from None
     return b"".join(chunks)
 
 
@@ -122,10 +133,12 @@ def _params_json(value: str) -> Mapping[str, Any]:
     return params
 
 
-async def parse_image_request(request: Request, model: type[ModelT], max_bytes: int) -> ModelT:
+async def parse_image_request(
+    request: Request, model: type[ModelT], limits: LimitsConfig
+) -> ModelT:
     """``model`` from a JSON body, or from a multipart form whose file part is the image."""
     kind = require_media_type(request, IMAGE_BODY_MEDIA_TYPES)
-    body = await read_body(request, max_bytes)
+    body = await read_body(request, limits)
     if kind == "application/json":
         return parse_json(body, model)
     return await parse_multipart(request, body, model)

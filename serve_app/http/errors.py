@@ -36,6 +36,7 @@ ERROR_RESPONSES = _documented(
     {
         400: "Malformed body, bad image or refused image URL",
         401: "Missing or invalid bearer token",
+        408: "The request body did not arrive in time",
         413: "Body, image bytes or image pixels over the limits",
         415: "Unsupported content type",
         422: "A field is missing, unknown or out of range",
@@ -51,6 +52,7 @@ OPENAI_ERROR_RESPONSES = _documented(
         400: "Invalid request, image or setting",
         401: "Missing or invalid bearer token",
         404: "Unknown model",
+        408: "The request body did not arrive in time",
         413: "Body or image over the limits",
         503: "Model overloaded or unavailable (see Retry-After)",
         504: "The request did not finish in time",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +29,7 @@ from tests.support.serving import APP_NAME, deploy_config, fit_for_tests, load_c
 MAX_BODY = 1_000_000
 MAX_IMAGE = 300_000
 MAX_PIXELS = 4_000_000
+BODY_TIMEOUT_S = 2.0
 PNG = image_bytes(0)
 B64 = base64.b64encode(PNG).decode()
 
@@ -35,7 +38,10 @@ B64 = base64.b64encode(PNG).decode()
 def url(serve_url: str) -> str:
     config = fit_for_tests(load_config())
     config["applications"][0]["args"]["limits"].update(
-        max_body_bytes=MAX_BODY, max_image_bytes=MAX_IMAGE, max_image_pixels=MAX_PIXELS
+        max_body_bytes=MAX_BODY,
+        max_image_bytes=MAX_IMAGE,
+        max_image_pixels=MAX_PIXELS,
+        body_timeout_s=BODY_TIMEOUT_S,
     )
     # A generous batch window, so the concurrent calls of the poisoned-batch test share a batch.
     config["applications"][0]["deployments"][0]["user_config"]["batch_wait_timeout_s"] = 0.2
@@ -298,3 +304,24 @@ def test_a_poisoned_item_fails_alone_inside_its_batch(url: str) -> None:
     after = server.batch_size_counts.remote().result()
     grown = [size for size in after if after[size] > before.get(size, 0)]
     assert max(grown) > 1, "the poisoned item never shared a batch"
+
+
+def test_an_upload_that_stalls_gets_408_and_frees_its_slot(url: str) -> None:
+    """A client that declares a body and never finishes it is answered once the body deadline
+    passes, instead of holding an ingress slot for as long as it likes."""
+    address = url.removeprefix("http://")
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        head = (
+            f"POST /v1/vqa HTTP/1.1\r\nHost: {address}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        )
+        client.sendall(head.encode() + b'{"question": "q", ')
+        started = time.monotonic()
+        reply = client.recv(65536).decode(errors="replace")
+        waited = time.monotonic() - started
+        while '"body_timeout"' not in reply and (more := client.recv(65536)):
+            reply += more.decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 408"), reply[:200]
+    assert '"body_timeout"' in reply
+    assert waited >= BODY_TIMEOUT_S - 0.5

@@ -8,8 +8,10 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
+from serve_app.config import LimitsConfig
 from serve_app.contract.api import VQARequest
 from serve_app.contract.errors import (
+    BodyTimeoutError,
     InvalidRequestError,
     MalformedBodyError,
     PayloadTooLargeError,
@@ -58,7 +60,7 @@ def parse_form(*parts: tuple[str, str | bytes]) -> VQARequest:
 
     async def parse() -> VQARequest:
         incoming = request(content, f"multipart/form-data; boundary={BOUNDARY}")
-        raw = await body.read_body(incoming, 1 << 20)
+        raw = await body.read_body(incoming, LimitsConfig())
         return await body.parse_multipart(incoming, raw, VQARequest)
 
     return asyncio.run(parse())
@@ -104,11 +106,31 @@ def test_the_body_cap_holds_while_streaming() -> None:
     content = b"{" + b" " * 5000 + b"}"
 
     async def read(limit: int) -> bytes:
-        return await body.read_body(request(content, "application/json", chunks=8), limit)
+        incoming = request(content, "application/json", chunks=8)
+        return await body.read_body(incoming, LimitsConfig(max_body_bytes=limit))
 
     assert asyncio.run(read(6000)) == content
     with pytest.raises(PayloadTooLargeError):
         asyncio.run(read(4000))
+
+
+def test_a_body_that_trickles_past_its_deadline_is_a_408() -> None:
+    sent = [b'{"question": ', b'"q"']
+
+    async def receive() -> Message:
+        if sent:
+            return {"type": "http.request", "body": sent.pop(0), "more_body": True}
+        await asyncio.sleep(3600)  # the client never sends the rest
+        raise AssertionError("unreachable")
+
+    async def read() -> bytes:
+        headers = [(b"content-type", b"application/json")]
+        incoming = Request({"type": "http", "method": "POST", "headers": headers}, receive)
+        return await body.read_body(incoming, LimitsConfig(body_timeout_s=0.1))
+
+    with pytest.raises(BodyTimeoutError) as late:
+        asyncio.run(read())
+    assert late.value.status_code == 408
 
 
 @pytest.mark.parametrize(
