@@ -169,7 +169,12 @@ class LimitsConfig(StrictModel):
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_prompt_chars: int = Field(2000, ge=1)
-    url_fetch_timeout_s: float = Field(10.0, gt=0)
+    url_fetch_timeout_s: float = Field(
+        10.0, gt=0, description="One deadline for a URL fetch: lookups, redirects, every byte."
+    )
+    max_concurrent_url_fetches: int = Field(
+        16, ge=1, description="URL fetches a replica runs at once; more wait within their deadline."
+    )
     max_redirects: int = Field(3, ge=0)
     allow_image_urls: bool = Field(True, description="Accept images given by URL at all.")
     allow_private_urls: bool = Field(

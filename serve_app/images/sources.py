@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -15,16 +18,29 @@ from serve_app.images.decode import decode_image
 from serve_app.images.url_fetch import fetch_image_url, is_image_content_type
 
 
+DECODE_THREADS = 4
+"""Images a replica decodes (or resizes) at once, on threads of their own."""
+
+_DECODERS = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="image-decode")
+
+ResultT = TypeVar("ResultT")
+
+
+async def off_loop(work: Callable[..., ResultT], *args: Any) -> ResultT:
+    """Run CPU-bound image work on the bounded decoding threads, not on the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_DECODERS, work, *args)
+
+
 async def load_image(image: ImageSource, limits: LimitsConfig) -> NDArray[np.uint8]:
     """Fetch or decode ``image`` off the event loop into an RGB ``uint8`` array."""
     if image.upload is not None:
         upload = image.upload
-        return await asyncio.to_thread(decode_upload, upload.content, upload.content_type, limits)
+        return await off_loop(decode_upload, upload.content, upload.content_type, limits)
     if image.url is not None:
         raw = await fetch_image_url(image.url, limits, "image.url")
-        return await asyncio.to_thread(decode_image, raw, limits, "image.url")
+        return await off_loop(decode_image, raw, limits, "image.url")
     if image.data is not None:
-        return await asyncio.to_thread(_decode_data, image.data, limits)
+        return await off_loop(_decode_data, image.data, limits)
     raise InvalidImageError("give exactly one of 'url' or 'data'", "image")
 
 

@@ -4,8 +4,9 @@ Every hop of a fetch goes through :func:`check_url_allowed`: http(s) only, no cr
 unless ``limits.allow_private_urls``, every address the host resolves to must be public. The
 request is then sent to the checked address itself (the ``Host`` header and the TLS server name
 stay the URL's host), so a second DNS answer cannot swap in a private address. Redirects are
-followed by hand, bodies are streamed under a byte cap and everything runs under one deadline.
-Environment proxies, ``.netrc`` and ``REQUESTS_CA_BUNDLE`` are ignored.
+followed by hand, bodies are streamed under a byte cap and everything runs under one deadline
+that really ends the fetch (it is asynchronous: no thread keeps reading). Environment proxies,
+``.netrc`` and CA bundle variables are ignored.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import asyncio
 import ipaddress
 import logging
 import socket
-import time
+import ssl
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
+import certifi
+import httpx
 
 from serve_app.config import LimitsConfig
 from serve_app.contract.errors import (
@@ -39,7 +41,11 @@ UNREACHABLE_HOST = "the image URL's host is not allowed or could not be resolved
 callers cannot use the difference to map internal host names."""
 
 _CHUNK_BYTES = 64 * 1024
-_GRACE_S = 1.0
+_RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="image-url-dns")
+"""Host name lookups, apart from every other thread pool: slow DNS stalls only lookups."""
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _HEADERS = {
     "User-Agent": "blip2-serve image fetcher",
@@ -168,20 +174,13 @@ def _resolve(host: str, port: int, param: str) -> list[IPAddress]:
     return addresses
 
 
-class _PinnedAdapter(HTTPAdapter):  # type: ignore[misc]
-    """Connects to the checked address; TLS still sends and verifies the URL's host name."""
-
-    def __init__(self, server_hostname: str) -> None:
-        self._server_hostname = server_hostname
-        super().__init__(max_retries=0)
-
-    def init_poolmanager(self, *args: Any, **pool_kwargs: Any) -> None:
-        pool_kwargs["server_hostname"] = self._server_hostname  # dropped for plain http
-        super().init_poolmanager(*args, **pool_kwargs)
-
-
 async def fetch_image_url(url: str, limits: LimitsConfig, param: str = "image.url") -> bytes:
-    """Fetch image bytes from a caller's URL in a worker thread, with every guard applied.
+    """Fetch image bytes from a caller's URL, with every guard applied, within one deadline.
+
+    The fetch is asynchronous and ``limits.url_fetch_timeout_s`` bounds all of it (resolving,
+    connecting, every redirect and every byte): when it passes, the connection is closed, so a
+    server that trickles its answer holds nothing. At most ``limits.max_concurrent_url_fetches``
+    run at once in a replica; more wait within their deadline.
 
     Raises:
         ImageFetchError: Refused URL or redirect, too many redirects, non-2xx status,
@@ -189,60 +188,54 @@ async def fetch_image_url(url: str, limits: LimitsConfig, param: str = "image.ur
         PayloadTooLargeError: The body exceeds ``limits.max_image_bytes``.
         UnsupportedMediaTypeError: The response is not ``image/*`` or octet-stream.
     """
-    fetch = asyncio.to_thread(_fetch, url, limits, param)
+    reason = "invalid response"
     try:
-        return await asyncio.wait_for(fetch, limits.url_fetch_timeout_s + _GRACE_S)
+        async with asyncio.timeout(limits.url_fetch_timeout_s), _fetch_slots(limits):
+            return await _follow(url, limits, param)
     except TimeoutError:
-        raise ImageFetchError("could not fetch the image: timed out", param) from None
-
-
-def _fetch(url: str, limits: LimitsConfig, param: str) -> bytes:
-    try:
-        return _follow(url, limits, param, deadline=time.monotonic() + limits.url_fetch_timeout_s)
-    except requests.exceptions.SSLError:
-        reason = "TLS verification failed"
-    except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
         reason = "timed out"
-    except (requests.ConnectionError, urllib3.exceptions.ProtocolError):
-        reason = "connection failed"
-    except (requests.RequestException, urllib3.exceptions.HTTPError):
-        reason = "invalid response"
-    except OSError:
-        reason = "connection failed"
+    except httpx.ConnectError as exc:
+        reason = "TLS verification failed" if _is_tls_failure(exc) else "connection failed"
+    except httpx.TimeoutException:
+        reason = "timed out"
+    except (httpx.HTTPError, OSError):
+        pass
     _log.debug("image fetch failed: %s", reason, exc_info=True)
     raise ImageFetchError(f"could not fetch the image: {reason}", param)
 
 
-def _follow(url: str, limits: LimitsConfig, param: str, deadline: float) -> bytes:
+async def _follow(url: str, limits: LimitsConfig, param: str) -> bytes:
     current = url
-    for _ in range(limits.max_redirects + 1):
-        checked = check_url_allowed(current, limits, param)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        with requests.Session() as session:
-            session.trust_env = False
-            session.mount("http://", _PinnedAdapter(checked.host))
-            session.mount("https://", _PinnedAdapter(checked.host))
-            with session.get(
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(
+        trust_env=False, follow_redirects=False, verify=_tls_context(), timeout=None
+    ) as client:
+        for _ in range(limits.max_redirects + 1):
+            checked = await loop.run_in_executor(
+                _RESOLVER, check_url_allowed, current, limits, param
+            )
+            request = client.build_request(
+                "GET",
                 checked.pinned_url,
                 headers={**_HEADERS, "Host": checked.host_header},
-                timeout=(remaining, remaining),
-                allow_redirects=False,
-                stream=True,
-            ) as response:
+                extensions={"sni_hostname": checked.host},
+            )
+            response = await client.send(request, stream=True)
+            try:
                 if response.is_redirect:
                     current = urljoin(current, response.headers["location"])
                     continue
-                return _read_body(response, limits, param, deadline)
+                return await _read_body(response, limits, param)
+            finally:
+                await response.aclose()
     raise ImageFetchError(f"too many redirects (at most {limits.max_redirects})", param)
 
 
-def _read_body(response: Any, limits: LimitsConfig, param: str, deadline: float) -> bytes:
-    status: int = response.status_code
+async def _read_body(response: httpx.Response, limits: LimitsConfig, param: str) -> bytes:
+    status = response.status_code
     if not 200 <= status < 300:
         raise ImageFetchError(f"the image URL returned HTTP {status}", param)
-    content_type: str | None = response.headers.get("content-type")
+    content_type = response.headers.get("content-type")
     if not is_image_content_type(content_type):
         raise UnsupportedMediaTypeError(
             f"the image URL returned content type {(content_type or '')[:100]!r}, not an image",
@@ -250,14 +243,35 @@ def _read_body(response: Any, limits: LimitsConfig, param: str, deadline: float)
         )
     cap = limits.max_image_bytes
     too_large = f"the image at the URL is larger than {cap} bytes"
-    declared: str = response.headers.get("content-length", "").strip()
+    declared = response.headers.get("content-length", "").strip()
     if declared.isdigit() and int(declared) > cap:
         raise PayloadTooLargeError(too_large, param)
     body = bytearray()
-    while chunk := response.raw.read1(_CHUNK_BYTES, decode_content=True):
+    async for chunk in response.aiter_bytes(_CHUNK_BYTES):
         body += chunk
         if len(body) > cap:
             raise PayloadTooLargeError(too_large, param)
-        if time.monotonic() > deadline:
-            raise TimeoutError
     return bytes(body)
+
+
+def _fetch_slots(limits: LimitsConfig) -> asyncio.Semaphore:
+    """This event loop's semaphore bounding concurrent fetches (one per replica's loop)."""
+    loop = asyncio.get_running_loop()
+    slots = _SLOTS.get(loop)
+    if slots is None:
+        slots = _SLOTS[loop] = asyncio.Semaphore(limits.max_concurrent_url_fetches)
+    return slots
+
+
+def _tls_context() -> ssl.SSLContext:
+    """Certificate verification against certifi's roots (the URL's host, not the address)."""
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -37,7 +37,7 @@ from serve_app.contract.errors import (
 )
 from serve_app.contract.openai import ChatCompletion, ChatCompletionRequest
 from serve_app.images.resize import fit_to_model_input
-from serve_app.images.sources import load_image
+from serve_app.images.sources import load_image, off_loop
 from serve_app.ingress.chat import Completion, ImagePrompt, chat_prompt
 from serve_app.ingress.model_client import ModelStream
 from serve_app.model.types import ModelImageInput, ModelRequest, ModelResult, ReplicaInfo, Task
@@ -195,7 +195,7 @@ class Blip2Handlers:
             self._observer.on_image(time.perf_counter() - started, image.size_hint)
         target = await self._model_image_input()
         if target is not None:
-            pixels = await asyncio.to_thread(fit_to_model_input, pixels, target)
+            pixels = await off_loop(fit_to_model_input, pixels, target)
         return pixels
 
     async def _model_image_input(self) -> ModelImageInput | None:

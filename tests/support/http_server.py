@@ -50,3 +50,50 @@ def static_server(routes: dict[str, tuple[str, bytes]]) -> Iterator[StaticServer
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class TricklingServer:
+    """Answers every request one byte at a time, ``pause_s`` apart, for as long as the client
+    stays: a server that never times a client out by a per-read deadline."""
+
+    pause_s: float
+    base_url: str = ""
+    connections: int = 0
+
+
+@contextmanager
+def trickling_server(pause_s: float = 0.5) -> Iterator[TricklingServer]:
+    """Run a ``TricklingServer`` on 127.0.0.1 and a free port for the duration of the block."""
+    state = TricklingServer(pause_s)
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with lock:
+                state.connections += 1
+            answer = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n\r\n" + b"\x89PNG" * 1000
+            for byte in answer:
+                if stop.wait(state.pause_s):
+                    return
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:  # the client went away
+                    return
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import random
 import shutil
 import socket
@@ -28,9 +29,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+import certifi
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 from serve_app.config import LimitsConfig
@@ -559,7 +560,20 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch, web: Running) -> dict[str, tuple[s
             return real(*routes[host], *args, **kwargs)
         return real(host, port, *args, **kwargs)
 
+    real_connect = asyncio.BaseEventLoop.create_connection
+
+    async def create_connection(
+        loop: asyncio.BaseEventLoop, factory: Any, host: Any = None, port: Any = None, **kw: Any
+    ) -> Any:
+        """The fake network: the public test addresses lead to the loopback servers."""
+        if host in routes:
+            host, port = routes[host]
+        elif host is not None and not ipaddress.ip_address(host).is_loopback:
+            raise AssertionError(f"a test tried to connect to {host}")
+        return await real_connect(loop, factory, host, port, **kw)
+
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(asyncio.BaseEventLoop, "create_connection", create_connection)
     return routes
 
 
@@ -765,7 +779,7 @@ def test_https_verifies_the_url_host_on_the_pinned_address(
 ) -> None:
     running, cert = tls_web
     fake_dns[PUBLIC_TLS_IP] = ("127.0.0.1", running.port)
-    monkeypatch.setattr(requests.adapters, "DEFAULT_CA_BUNDLE_PATH", str(cert))
+    monkeypatch.setattr(certifi, "where", lambda: str(cert))
     assert fetch("https://secure.example/img.png", LIMITS) == PNG
     assert running.hits[-1] == ("/img.png", "secure.example")
     error = fetch_error("https://wrong-name.example/img.png", LIMITS)
