@@ -17,7 +17,6 @@ from serve_app.images.data_uri import decode_base64_image
 from serve_app.images.decode import decode_image
 from serve_app.images.url_fetch import fetch_image_url, is_image_content_type
 
-
 DECODE_THREADS = 4
 """Images a replica decodes (or resizes) at once, on threads of their own."""
 
