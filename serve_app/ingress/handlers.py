@@ -38,6 +38,7 @@ from serve_app.contract.errors import (
 from serve_app.contract.openai import ChatCompletion, ChatCompletionRequest
 from serve_app.images.resize import fit_to_model_input
 from serve_app.images.sources import load_image, off_loop
+from serve_app.ingress.availability import ModelAvailability
 from serve_app.ingress.chat import Completion, ImagePrompt, chat_prompt
 from serve_app.ingress.model_client import ModelStream
 from serve_app.model.types import ModelImageInput, ModelRequest, ModelResult, ReplicaInfo, Task
@@ -45,7 +46,7 @@ from serve_app.model.types import ModelImageInput, ModelRequest, ModelResult, Re
 ResultT = TypeVar("ResultT")
 
 READY_TIMEOUT_S = 5.0
-"""How long a readiness probe waits for a model replica to answer."""
+"""How long the first readiness probe (and each background probe) waits for a replica."""
 
 
 class ModelBackend(Protocol):
@@ -90,6 +91,7 @@ class Blip2Handlers:
         self._limits = limits
         self._observer = observer
         self._started = int(time.time())
+        self._availability = ModelAvailability(model.describe, probe_timeout_s=READY_TIMEOUT_S)
         self._image_input: ModelImageInput | None = None
         self._image_input_known = False
 
@@ -128,7 +130,8 @@ class Blip2Handlers:
         deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_s
 
         async def start() -> tuple[ModelStream, str | ModelResult]:
-            return await self._model.open_stream(await self._model_request(turn, stream=True))
+            model_request = await self._model_request(turn, stream=True)
+            return await self._ask(self._model.open_stream(model_request))
 
         stream, first = await self._deadline(start())
         options = request.stream_options
@@ -142,7 +145,7 @@ class Blip2Handlers:
 
     async def models(self) -> ModelList:
         """Describe the served model, its limits and its live batching settings."""
-        info = await self._deadline(self._model.describe())
+        info = await self._deadline(self._ask(self._model.describe()))
         limits = {**self._config.model_dump(), **self._limits.model_dump()}
         card = ModelCard(
             **info.model.model_dump(exclude={"image_input"}),
@@ -157,12 +160,9 @@ class Blip2Handlers:
         return ModelList(data=[card])
 
     async def ready(self) -> HealthResponse:
-        """Readiness: a model replica answers."""
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                await self._model.describe()
-        except TimeoutError:
-            raise ModelUnavailableError("the model did not answer in time") from None
+        """Readiness: a model replica answered recently (this costs no model call)."""
+        if not await self._availability.available():
+            raise ModelUnavailableError("no model replica has answered recently")
         return HealthResponse()
 
     async def _run(
@@ -178,7 +178,7 @@ class Blip2Handlers:
         turn = ImagePrompt(image=image, task=task, text=text, params=params)
 
         async def run() -> ModelResult:
-            return await self._model.generate(await self._model_request(turn))
+            return await self._ask(self._model.generate(await self._model_request(turn)))
 
         return await self._deadline(run())
 
@@ -205,9 +205,19 @@ class Blip2Handlers:
         array instead of the full image and takes the resize off the replica's CPU.
         """
         if not self._image_input_known:
-            self._image_input = (await self._model.describe()).model.image_input
+            self._image_input = (await self._ask(self._model.describe())).model.image_input
             self._image_input_known = True
         return self._image_input
+
+    async def _ask(self, call: Awaitable[ResultT]) -> ResultT:
+        """Make a model call, noting whether a replica answered (for readiness)."""
+        try:
+            result = await call
+        except Exception as exc:
+            self._availability.record(exc)
+            raise
+        self._availability.record(None)
+        return result
 
     def _check_limits(self, text: str, params: GenerationParams, text_param: str) -> None:
         if len(text) > self._limits.max_prompt_chars:
