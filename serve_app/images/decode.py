@@ -70,9 +70,9 @@ def decode_image(raw: bytes, limits: LimitsConfig, param: str = "image") -> NDAr
         raise InvalidImageError("the image is empty", param)
     try:
         with _open_header(raw, param) as image:
-            _check_size(image.size, limits, param)
+            _check_size(image, limits, param)
             image.load()
-            _check_size(image.size, limits, param)  # a GIF frame may extend the canvas
+            _check_size(image, limits, param)  # a GIF frame may extend the canvas
             return _to_rgb_array(_apply_orientation(image))
     except ServeAppError:
         raise
@@ -102,13 +102,22 @@ def _apply_orientation(image: Image.Image) -> Image.Image:
         return image
 
 
-def _check_size(size: tuple[int, int], limits: LimitsConfig, param: str) -> None:
-    width, height = size
+def _check_size(image: Image.Image, limits: LimitsConfig, param: str) -> None:
+    """Pixels, decoded bytes (bands and depth counted) and shape, all from the header."""
+    width, height = image.size
     cap = limits.max_image_pixels
     if Image.MAX_IMAGE_PIXELS is not None:  # Pillow's own hard limit, if raised by the operator
         cap = min(cap, 2 * Image.MAX_IMAGE_PIXELS)
     if width * height > cap:
         raise PayloadTooLargeError(f"the image has {width}x{height} pixels, more than {cap}", param)
+    budget = 3 * cap  # the bytes of an RGB image at the pixel cap
+    decoded = width * height * _bytes_per_pixel(image)
+    if decoded > budget:
+        raise PayloadTooLargeError(
+            f"the image decodes to {decoded} bytes ({image.mode}, {width}x{height}), "
+            f"more than {budget}",
+            param,
+        )
     if min(width, height) < 2:
         raise InvalidImageError("the image must be at least 2 pixels on each side", param)
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
@@ -127,14 +136,25 @@ def _to_rgb_array(image: Image.Image) -> NDArray[np.uint8]:
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
 
 
+def _bytes_per_pixel(image: Image.Image) -> int:
+    """What one pixel costs while decoding and converting: its own bands and depth, at least
+    the RGB result, and RGBA for anything composited on white."""
+    mode = image.mode
+    depth = 4 if mode in ("I", "F") else 2 if mode.startswith("I;16") else 1
+    own = depth * Image.getmodebands(mode)
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        own = max(own, 4)
+    return max(own, 3)
+
+
 def _scale_to_uint8(values: NDArray[Any], mode: str) -> NDArray[np.uint8]:
-    """Map 16-bit, 32-bit integer or float gray levels to 0..255."""
+    """Map 16-bit, 32-bit integer or float gray levels to 0..255 (no 64-bit copies)."""
     if mode == "F":
-        floats = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        floats = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         if floats.max() <= 1.0:  # normalised [0, 1] data
-            floats = floats * 255.0
-        return np.clip(np.rint(floats), 0, 255).astype(np.uint8)
-    ints = values.astype(np.int64)
+            floats *= 255.0
+        return np.clip(np.rint(floats, out=floats), 0, 255, out=floats).astype(np.uint8)
+    ints = values.astype(np.int32)
     if mode != "I" or ints.max() > 255:  # 16-bit range (mode "I" is how Pillow holds it too)
-        ints = np.clip(ints, 0, 65535) >> 8
-    return np.clip(ints, 0, 255).astype(np.uint8)
+        ints = np.clip(ints, 0, 65535, out=ints) >> 8
+    return np.clip(ints, 0, 255, out=ints).astype(np.uint8)

@@ -790,3 +790,27 @@ def test_fetch_leaves_no_warnings(web: Running) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fetch(web.url("/img.png")) == PNG
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "fits"),
+    [
+        ("RGB", "PNG", True),
+        ("L", "PNG", True),
+        ("RGBA", "PNG", False),  # 4 bytes a pixel: over the bytes of an RGB image at the cap
+        ("F", "TIFF", False),  # 32-bit float
+        ("I;16", "PNG", True),  # 2 bytes a pixel: under the RGB result
+    ],
+)
+def test_the_pixel_budget_counts_bytes_per_pixel(mode: str, fmt: str, fits: bool) -> None:
+    """At the pixel cap, what an image costs to decode depends on its bands and depth."""
+    limits = LimitsConfig(max_image_pixels=600 * 500)
+    params = {"compression": "tiff_adobe_deflate"} if fmt == "TIFF" else {}
+    raw = encode(Image.new(mode, (600, 500)), fmt, **params)
+    assert len(raw) < 40_000  # a small file either way
+    if fits:
+        assert decode_image(raw, limits).shape == (500, 600, 3)
+    else:
+        with pytest.raises(PayloadTooLargeError, match="decodes to"):
+            decode_image(raw, limits)
+        assert decode_image(raw, LimitsConfig(max_image_pixels=600 * 500 * 2)).shape[2] == 3
