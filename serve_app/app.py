@@ -62,5 +62,10 @@ def build_application(
     if model_options.cpu_threads is None:
         threads = max(1, math.ceil(server_options.num_cpus))
         model_options = model_options.model_copy(update={"cpu_threads": threads})
-    server = model.bind(model_options, server_options.max_ongoing_requests, model_factory)
+    server = model.bind(
+        model_options,
+        server_options.max_ongoing_requests,
+        server_options.batch_timeout_s,
+        model_factory,
+    )
     return ingress.bind(server, model_options, config.limits, config.auth)

@@ -137,6 +137,12 @@ class ModelDeploymentConfig(StrictModel):
         default_factory=lambda: {"min_replicas": 1, "max_replicas": 1}
     )
     health_check_period_s: float = Field(10.0, gt=0)
+    batch_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="A batch generating longer than this marks the replica unhealthy "
+        "(a hung accelerator): Serve replaces it and its callers get a typed error.",
+    )
     health_check_timeout_s: float = Field(30.0, gt=0)
 
     _check_autoscaling = field_validator("autoscaling_config")(_validate_autoscaling)

@@ -12,6 +12,7 @@ from serve_app.batching.batcher import RequestBatcher
 from serve_app.batching.streams import Outcome
 from serve_app.config import BatchingConfig, ModelConfig
 from serve_app.contract.errors import GenerationFailedError, ServeAppError
+from serve_app.deployments.health import ReplicaHealth
 from serve_app.metrics import ServerMetrics
 from serve_app.model.types import (
     GenerationObserver,
@@ -34,9 +35,6 @@ class GenerationModel(Protocol):
     def info(self) -> ModelInfo: ...
 
 
-UNHEALTHY_AFTER_FAILED_BATCHES = 3
-"""Whole-batch failures in a row after which the replica reports itself unhealthy."""
-
 ModelFactory = Callable[[ModelConfig], GenerationModel]
 
 
@@ -58,6 +56,7 @@ class Blip2Server:
         self,
         model_options: ModelConfig,
         max_ongoing_requests: int,
+        batch_timeout_s: float,
         model_factory: ModelFactory | None = None,
     ) -> None:
         self._model = (model_factory or load_blip2)(model_options)
@@ -66,7 +65,7 @@ class Blip2Server:
             self._run_model, max_ongoing_requests, self._metrics.observe_waits
         )
         self._batch_sizes: Counter[int] = Counter()
-        self._failed_batches_in_a_row = 0
+        self._health = ReplicaHealth(batch_timeout_s)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new batching settings live (Serve calls this on start and on each update)."""
@@ -104,11 +103,10 @@ class Blip2Server:
         return dict(self._batch_sizes)
 
     def check_health(self) -> None:
-        """Serve's health probe: a replica whose whole batches keep failing is replaced."""
-        if self._failed_batches_in_a_row >= UNHEALTHY_AFTER_FAILED_BATCHES:
-            raise RuntimeError(
-                f"{self._failed_batches_in_a_row} batches in a row failed as a whole"
-            )
+        """Serve's health probe: a replica whose requests mostly fail in the model, or whose
+        batch hangs, is replaced."""
+        if problem := self._health.problem():
+            raise RuntimeError(problem)
 
     def _run_model(
         self, requests: list[ModelRequest], observer: GenerationObserver
@@ -117,18 +115,19 @@ class Blip2Server:
         started = time.perf_counter()
         self._batch_sizes[len(requests)] += 1
         self._metrics.batch_size.observe(len(requests))
+        self._health.batch_started()
         try:
             results = self._model.generate(requests, observer)
         except Exception:
             logger.exception("Batch of %d failed as a whole", len(requests))
-            self._failed_batches_in_a_row += 1
             self._metrics.failures.inc(len(requests), tags={"code": GenerationFailedError.code})
             failure = GenerationFailedError("the model failed to generate for this request")
+            self._health.batch_finished([failure] * len(requests))
             return [failure] * len(requests)
         finally:
             self._metrics.generate_time.observe(time.perf_counter() - started)
-        self._failed_batches_in_a_row = 0
         public = [self._public(result) for result in results]
+        self._health.batch_finished(public)
         for result in public:
             if isinstance(result, ModelResult):
                 if result.completion_tokens:  # Ray counters refuse an increment of 0

@@ -12,7 +12,7 @@ from typing import Any
 import requests
 from ray import serve
 
-from tests.support.fakes import faulty_fake_model
+from tests.support.fakes import broken_gpu_blip2, faulty_fake_model
 from tests.support.images import image_bytes
 from tests.support.serving import APP_NAME, run_app, running_replicas, wait_until
 
@@ -82,3 +82,24 @@ def test_a_replica_whose_batches_keep_failing_is_replaced(serve_url: str) -> Non
     # The failing replica reports itself unhealthy and Serve starts a fresh one.
     wait_until(lambda: batch_sizes() == {}, 60, "the unhealthy replica to be replaced")
     assert ask(serve_url, "healthy again").json()["answer"] == "fake:healthy again"
+
+
+def test_a_replica_whose_accelerator_broke_is_replaced(serve_url: str) -> None:
+    """The real model class on an accelerator that fails every request after a fault: no
+    batch fails as a whole, yet the replica reports itself unhealthy and is replaced."""
+    run_app(
+        broken_gpu_blip2,
+        {
+            "model": {"model_id": "builtin:shapes-blip2"},
+            "model_deployment": {"health_check_period_s": 0.5, "health_check_timeout_s": 5},
+        },
+        batching={"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
+    )
+    assert ask(serve_url, "How many circles are there?").status_code == 200
+    for question in ("gpu-fault", "How many circles are there?", "What color is it?"):
+        response = ask(serve_url, question)
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "generation_failed"
+        assert "CUDA" not in response.text
+    wait_until(lambda: batch_sizes() == {}, 60, "the broken replica to be replaced")
+    assert ask(serve_url, "How many circles are there?").status_code == 200

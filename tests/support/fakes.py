@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from serve_app.config import ModelConfig
 from serve_app.model.types import GenerationObserver, ModelInfo, ModelRequest, ModelResult
@@ -141,3 +142,41 @@ class FakeModelStream:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+class BrokenGpuBlip2:
+    """The real BLIP-2 wrapper on a fake accelerator that a request can break for good.
+
+    After the request ``gpu-fault``, every ``generate`` of this process raises the error a
+    CUDA context poisoned by an illegal memory access raises; the real ``Blip2Model`` turns
+    each into a per-request error, as it would on a GPU. A new replica starts healthy.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        from serve_app.model.blip2 import Blip2Model
+
+        self._model = Blip2Model.load(config)
+        self._broken = False
+        hf_model = self._model._model
+        generate = hf_model.generate
+
+        def accelerator(**kwargs: Any) -> Any:
+            if self._broken:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return generate(**kwargs)
+
+        hf_model.generate = accelerator
+
+    def generate(
+        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
+    ) -> list[ModelResult | Exception]:
+        self._broken = self._broken or any(r.text == "gpu-fault" for r in requests)
+        return self._model.generate(requests, observer)
+
+    def info(self) -> ModelInfo:
+        return self._model.info()
+
+
+def broken_gpu_blip2(config: ModelConfig) -> BrokenGpuBlip2:
+    """Model factory for ``build_application``."""
+    return BrokenGpuBlip2(config)
