@@ -210,8 +210,11 @@ class Blip2Model:
         params: GenerationParams,
         observer: GenerationObserver | None,
         emitted: dict[int, str],
-    ) -> list[ModelResult]:
-        """One ``generate`` call over ``items`` (image tokens first, OPT left-padded)."""
+    ) -> list[ModelResult | Exception]:
+        """One ``generate`` call over ``items`` (image tokens first, OPT left-padded).
+
+        ``emitted`` holds the text each row has streamed, across retries of the same rows.
+        """
         ids, mask = self._inputs.batch(items)
         width = ids.shape[1]
         by_index = {item.index: item for item in items}
@@ -227,21 +230,29 @@ class Blip2Model:
         if params.do_sample and params.seed is not None:
             torch.manual_seed(params.seed)
         pixel_values = torch.cat([item.pixel_values for item in items])
-        output = self._model.generate(
-            pixel_values=pixel_values.to(self._device, self._dtype),
-            input_ids=ids.to(self._device),
-            attention_mask=mask.to(self._device),
-            # Beam search reorders rows between steps, so only greedy and sampling are watched.
-            stopping_criteria=[tracker] if params.num_beams == 1 else None,
-            **self._generate_kwargs(params),
-        )
+        try:
+            output = self._model.generate(
+                pixel_values=pixel_values.to(self._device, self._dtype),
+                input_ids=ids.to(self._device),
+                attention_mask=mask.to(self._device),
+                # Beam search reorders rows between steps: only greedy and sampling are watched.
+                stopping_criteria=[tracker] if params.num_beams == 1 else None,
+                **self._generate_kwargs(params),
+            )
+        finally:
+            # What a row has streamed stays sent: a retry goes on from it, never starts over.
+            for tracked in tracker.rows:
+                emitted[tracked.index] = tracked.emitted
         output = output.cpu()
         # A decoder-only model returns the prompt too; keep only the new tokens.
         if self._family == "opt" and torch.equal(output[:, :width], ids):
             output = output[:, width:]
-        results = []
+        results: list[ModelResult | Exception] = []
         for item, tracked, generated in zip(items, tracker.rows, output, strict=True):
             result = self._result(item, generated.tolist(), params)
+            if not result.text.startswith(tracked.emitted):  # a sampled retry went elsewhere
+                results.append(GenerationFailedError("the streamed text could not be continued"))
+                continue
             tracker.emit(tracked, result.text)
             emitted[item.index] = tracked.emitted
             results.append(result)

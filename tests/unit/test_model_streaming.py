@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
+
+import pytest
 
 from serve_app.model.blip2 import Blip2Model
 from serve_app.model.types import ModelRequest
@@ -82,3 +85,42 @@ def test_a_seed_makes_sampling_repeatable(model: Blip2Model) -> None:
 
     assert sample(7) == sample(7)
     assert len({sample(seed) for seed in range(4)}) > 1
+
+
+def test_a_stream_retried_after_a_failure_mid_batch_is_not_sent_twice(
+    model: Blip2Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch fails after a few steps (deltas already sent); its rows are retried one by
+    one, and each stream goes on from what was sent instead of starting over."""
+    requests = [
+        streaming(request("What?", 0, max_new_tokens=12)),
+        streaming(request("", 2, task="caption", max_new_tokens=12)),
+    ]
+    hf_model = model._model
+    original = hf_model.generate
+    calls = 0
+
+    def fails_mid_batch(**kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        (tracker,) = kwargs["stopping_criteria"]
+        if calls > 1:
+            return original(**kwargs)
+        steps = 0
+
+        def step(input_ids: Any, scores: Any, **more: Any) -> Any:
+            nonlocal steps
+            steps += 1
+            if steps > 4:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return tracker(input_ids, scores, **more)
+
+        return original(**{**kwargs, "stopping_criteria": [step]})
+
+    observer = RecordingObserver()
+    monkeypatch.setattr(hf_model, "generate", fails_mid_batch)
+    results = [ok(r) for r in model.generate(requests, observer)]
+    assert calls == 3  # the failed batch, then each row alone
+    assert any(observer.deltas[index] for index in (0, 1)), "nothing was streamed before"
+    for index, result in enumerate(results):
+        assert "".join(observer.deltas[index]) == result.text
