@@ -5,19 +5,16 @@ Only loopback traffic is sent; listening on 0.0.0.0 is what is under test.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import ray
 import requests
-from ray import cloudpickle, serve
+from ray import serve
 
-import tests.support.fakes
 from serve_app.app import INGRESS_DEPLOYMENT, build_application
 from serve_app.config import AppConfig
-from tests.serve.conftest import free_port
+from tests.serve.conftest import local_serve
 from tests.support.fakes import slow_fake_model
 from tests.support.serving import APP_NAME, app_status
 
@@ -27,16 +24,7 @@ TOKEN = "exposure-test-token"
 @pytest.fixture(scope="module")
 def exposed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Ray and Serve with the HTTP proxy on every interface (reached here over loopback)."""
-    os.environ["SERVE_APP_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
-    cloudpickle.register_pickle_by_value(tests.support.fakes)
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "0.0.0.0", "port": port})
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    yield from local_serve(tmp_path_factory, host="0.0.0.0", num_gpus=1)
 
 
 def deploy(auth: dict[str, Any]) -> None:

@@ -27,6 +27,20 @@ from tests.support.serving import REPO_ROOT
 BUILTINS = {"opt": TINY_RANDOM_OPT, "t5": TINY_RANDOM_T5}
 
 
+def record_batch_sizes(model: Blip2Model, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every batch ``model`` hands to the Hugging Face ``generate`` from now on."""
+    batch_sizes: list[int] = []
+    hf_model = model._model
+    original = hf_model.generate
+
+    def spy(**kwargs: Any) -> Any:
+        batch_sizes.append(int(kwargs["input_ids"].shape[0]))
+        return original(**kwargs)
+
+    monkeypatch.setattr(hf_model, "generate", spy)
+    return batch_sizes
+
+
 def alone(model: Blip2Model, requests: list[ModelRequest]) -> list[Any]:
     """Each request's outcome when it is the only one in its batch."""
     return [model.generate([r])[0] for r in requests]
@@ -173,15 +187,7 @@ def test_different_params_are_grouped_and_match_alone(
         request("Huh?", 5, max_new_tokens=4, do_sample=True, temperature=0.7, top_p=0.9),
     ]
     expected = alone(model, requests[:5])
-    batch_sizes: list[int] = []
-    hf_model = model._model
-    original = hf_model.generate
-
-    def spy(**kwargs: Any) -> Any:
-        batch_sizes.append(int(kwargs["input_ids"].shape[0]))
-        return original(**kwargs)
-
-    monkeypatch.setattr(hf_model, "generate", spy)
+    batch_sizes = record_batch_sizes(model, monkeypatch)
     results = [ok(r) for r in model.generate(requests)]
     assert sorted(batch_sizes) == [1, 1, 2, 2]
     assert results[:5] == expected
@@ -331,15 +337,7 @@ def test_a_prompt_past_the_model_positions_fails_alone_before_any_batch_runs(
     opt_model: Blip2Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """2000 emoji are ~8000 byte-level tokens; the tiny OPT has 2048 positions."""
-    batch_sizes: list[int] = []
-    hf_model = opt_model._model
-    original = hf_model.generate
-
-    def spy(**kwargs: Any) -> Any:
-        batch_sizes.append(int(kwargs["input_ids"].shape[0]))
-        return original(**kwargs)
-
-    monkeypatch.setattr(hf_model, "generate", spy)
+    batch_sizes = record_batch_sizes(opt_model, monkeypatch)
     requests = [request("What?", 0), request("\U0001f600" * 2000, 1), request("Why?", 2)]
     first, overlong, last = opt_model.generate(requests)
     assert isinstance(overlong, InvalidRequestError), overlong
