@@ -41,7 +41,7 @@ from serve_app.images.sources import load_image, off_loop
 from serve_app.ingress.availability import ModelAvailability
 from serve_app.ingress.chat import Completion, ImagePrompt, chat_prompt
 from serve_app.ingress.model_client import ModelStream
-from serve_app.model.types import ModelImageInput, ModelRequest, ModelResult, ReplicaInfo, Task
+from serve_app.model.types import ModelImageInput, ModelRequest, ModelResult, ReplicaInfo
 
 ResultT = TypeVar("ResultT")
 
@@ -102,25 +102,28 @@ class Blip2Handlers:
 
     async def vqa(self, request: VQARequest) -> VQAResponse:
         """Answer a question about an image."""
-        result = await self._run(request.image, "vqa", request.question, request.params, "question")
+        prompt = ImagePrompt(request.image, "vqa", request.question, request.params)
+        result = await self._run(prompt, "question")
         return VQAResponse(answer=result.text, model=self._config.name, usage=result.usage())
 
     async def caption(self, request: CaptionRequest) -> CaptionResponse:
         """Caption an image, optionally after a prefix."""
-        result = await self._run(request.image, "caption", request.prompt or "", request.params)
+        prompt = ImagePrompt(request.image, "caption", request.prompt or "", request.params)
+        result = await self._run(prompt)
         return CaptionResponse(caption=result.text, model=self._config.name, usage=result.usage())
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         """Continue a raw prompt about an image."""
-        result = await self._run(request.image, "prompt", request.prompt, request.params)
+        result = await self._run(
+            ImagePrompt(request.image, "prompt", request.prompt, request.params)
+        )
         return GenerateResponse(text=result.text, model=self._config.name, usage=result.usage())
 
     async def chat_completions(self, request: ChatCompletionRequest) -> ChatCompletion:
         """An OpenAI chat completion, whole (streams are opened by :meth:`chat_stream`)."""
         if request.stream:
             raise InvalidRequestError("stream over the HTTP API", "stream")
-        turn = chat_prompt(request, self._config)
-        result = await self._run(turn.image, turn.task, turn.text, turn.params, "messages")
+        result = await self._run(chat_prompt(request, self._config), "messages")
         return Completion.new(self._config.name).whole(result)
 
     async def chat_stream(self, request: ChatCompletionRequest) -> ChatStream:
@@ -133,7 +136,7 @@ class Blip2Handlers:
             model_request = await self._model_request(turn, stream=True)
             return await self._ask(self._model.open_stream(model_request))
 
-        stream, first = await self._deadline(start())
+        stream, first = await self._deadline(start(), deadline)
         options = request.stream_options
         return ChatStream(
             completion=Completion.new(self._config.name),
@@ -165,20 +168,12 @@ class Blip2Handlers:
             raise ModelUnavailableError("no model replica has answered recently")
         return HealthResponse()
 
-    async def _run(
-        self,
-        image: ImageSource,
-        task: Task,
-        text: str,
-        params: GenerationParams,
-        text_param: str = "prompt",
-    ) -> ModelResult:
+    async def _run(self, prompt: ImagePrompt, text_param: str = "prompt") -> ModelResult:
         """Check the caller's limits, then decode the image and generate within the deadline."""
-        self._check_limits(text, params, text_param)
-        turn = ImagePrompt(image=image, task=task, text=text, params=params)
+        self._check_limits(prompt.text, prompt.params, text_param)
 
         async def run() -> ModelResult:
-            return await self._ask(self._model.generate(await self._model_request(turn)))
+            return await self._ask(self._model.generate(await self._model_request(prompt)))
 
         return await self._deadline(run())
 
@@ -227,9 +222,12 @@ class Blip2Handlers:
             )
         self._config.effective_params(params)
 
-    async def _deadline(self, work: Awaitable[ResultT]) -> ResultT:
+    async def _deadline(self, work: Awaitable[ResultT], deadline: float | None = None) -> ResultT:
+        """``work`` within the request's deadline (loop time; from now unless given)."""
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_s
         try:
-            async with asyncio.timeout(self._limits.request_timeout_s):
+            async with asyncio.timeout_at(deadline):
                 return await work
         except TimeoutError:
             raise RequestTimeoutError(
