@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from benchmarks.loadgen import Call, Load, LoadResult, drive
+from benchmarks.loadgen import Call, Load, LoadResult, Reply, drive
 from serve_app.batching.scheduler import BatchScheduler, QueuedRequest
 from serve_app.batching.streams import RequestStream
 from serve_app.config import LimitsConfig
@@ -89,7 +89,7 @@ def run_in_process(
     image_input = model.image_input()
     batcher = InProcessBatcher(model, max_batch_size, batch_wait_timeout_s)
 
-    async def send(call: Call) -> str:
+    async def send(call: Call) -> Reply:
         try:
             body = VQARequest.model_validate_json(call.body)
             pixels = await load_image(body.image, limits)
@@ -98,8 +98,8 @@ def run_in_process(
             request = ModelRequest(task="vqa", text=body.question, image=pixels, params=body.params)
             result = await batcher.generate(request)
         except ServeAppError as error:
-            return str(error.status_code)
-        return "200" if isinstance(result, ModelResult) else type(result).__name__
+            return Reply(str(error.status_code))
+        return Reply("200" if isinstance(result, ModelResult) else type(result).__name__)
 
     async def main() -> LoadResult:
         batches = asyncio.create_task(batcher.form_batches())

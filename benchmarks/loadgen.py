@@ -7,7 +7,8 @@ client that waits for it.
 
 A closed loop measures the steady state: its clients run without a pause from the warm-up into
 the measured window, which opens when the warm-up's requests have completed and closes at the
-time limit. Throughput counts the responses that arrived inside the window; the requests still
+time limit. Throughput counts the 200s that arrived inside the window (whenever they were
+sent, so a server slower than the window is not measured as idle); the requests still
 in flight when it closes are awaited and their latencies and statuses recorded, but the drain
 is not timed. A run that reaches its request count first is timed to its last response. An
 open loop's throughput is its successful responses over the span of its arrivals.
@@ -19,9 +20,9 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -51,6 +52,9 @@ class Load:
     max_requests: int = 500
     time_limit_s: float = 30.0
     warmup_requests: int = 0
+    honour_retry_after: bool = False
+    """Closed loop: a client told to retry later (``retry-after-ms`` or ``Retry-After``) waits
+    that long before its next request."""
 
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.rate is None):
@@ -70,6 +74,7 @@ class LoadResult:
     duration_s: float = 0.0
     statuses: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
+    shed_latencies_s: list[float] = field(default_factory=list)
     ok_in_window: int = 0
 
     @property
@@ -82,11 +87,13 @@ class LoadResult:
         """Successful responses per second over the measured window."""
         return self.ok_in_window / self.duration_s if self.duration_s > 0 else 0.0
 
-    def percentile_ms(self, q: float) -> float:
-        """Latency percentile ``q`` (0-100) of the successful requests, in milliseconds."""
-        if not self.latencies_s:
+    def percentile_ms(self, q: float, shed: bool = False) -> float:
+        """Latency percentile ``q`` (0-100) of the successful requests (``shed``: of the
+        503s), in milliseconds."""
+        latencies = self.shed_latencies_s if shed else self.latencies_s
+        if not latencies:
             return float("nan")
-        return float(np.percentile(self.latencies_s, q) * 1000)
+        return float(np.percentile(latencies, q) * 1000)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures: throughput, latency percentiles and every status seen."""
@@ -106,6 +113,14 @@ class LoadResult:
             if self.latencies_s
             else float("nan"),
             "statuses": dict(sorted(self.statuses.items())),
+            **(
+                {
+                    "p50_503_ms": round(self.percentile_ms(50, shed=True), 1),
+                    "p99_503_ms": round(self.percentile_ms(99, shed=True), 1),
+                }
+                if self.shed_latencies_s
+                else {}
+            ),
         }
 
 
@@ -116,8 +131,16 @@ def check_loopback(base_url: str) -> None:
         raise ValueError(f"the load generator only targets loopback addresses, not {host!r}")
 
 
-Sender = Callable[[Call], Awaitable[str]]
-"""Sends one call and returns its status: ``"200"``, ``"503"``... or an error's name."""
+class Reply(NamedTuple):
+    """A call's outcome: its status (``"200"``, ``"503"``... or an error's name) and the
+    ``Retry-After`` seconds it asked for, if any."""
+
+    status: str
+    retry_after_s: float = 0.0
+
+
+Sender = Callable[[Call], Awaitable[Reply]]
+"""Sends one call and returns its ``Reply``."""
 
 
 def run_load(base_url: str, calls: Sequence[Call], load: Load, title: str = "") -> LoadResult:
@@ -132,16 +155,23 @@ async def _over_http(base_url: str, calls: Sequence[Call], load: Load, title: st
     timeout = aiohttp.ClientTimeout(total=120.0, connect=10.0)
     async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
 
-        async def send(call: Call) -> str:
+        async def send(call: Call) -> Reply:
             try:
                 headers = {"content-type": call.content_type}
                 async with session.post(call.path, data=call.body, headers=headers) as response:
                     await response.read()
-                    return str(response.status)
+                    return Reply(str(response.status), _retry_after_s(response.headers))
             except (aiohttp.ClientError, TimeoutError) as error:
-                return type(error).__name__
+                return Reply(type(error).__name__)
 
         return await drive(send, calls, load, title)
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float:
+    """The wait a 503 asks for, as the OpenAI client reads it: ``retry-after-ms`` first."""
+    if "retry-after-ms" in headers:
+        return float(headers["retry-after-ms"]) / 1000
+    return float(headers.get("Retry-After", "0"))
 
 
 async def drive(send: Sender, calls: Sequence[Call], load: Load, title: str) -> LoadResult:
@@ -174,7 +204,7 @@ async def _closed_loop(
     warmup_ends = time.perf_counter() + load.time_limit_s
     warmup_left = load.warmup_requests
     window: list[float] = []  # [opens, closes] once the warm-up is over
-    answered: list[float] = []  # when each measured 200 arrived
+    answered: list[float] = []  # when each 200 arrived, warm-up included
     issued = 0
 
     def open_window(now: float) -> None:
@@ -194,19 +224,24 @@ async def _closed_loop(
                 return
             call = calls[issued % len(calls)]
             issued += measured
-            status = await send(call)
+            reply = await send(call)
             done = time.perf_counter()
-            if not measured:
+            if reply.status == "200":
+                answered.append(done)
+            if measured:
+                result.statuses[reply.status] += 1
+                if reply.status == "200":
+                    result.latencies_s.append(done - now)
+                elif reply.status == "503":
+                    result.shed_latencies_s.append(done - now)
+                if bar is not None:
+                    bar.update()
+            else:
                 warmup_left -= 1
                 if warmup_left <= 0 and not window:
                     open_window(done)
-                continue
-            result.statuses[status] += 1
-            if status == "200":
-                result.latencies_s.append(done - now)
-                answered.append(done)
-            if bar is not None:
-                bar.update()
+            if load.honour_retry_after and reply.retry_after_s:
+                await asyncio.sleep(reply.retry_after_s)
 
     await asyncio.gather(*(client_loop() for _ in range(load.concurrency)))
     if not window:
@@ -214,17 +249,19 @@ async def _closed_loop(
     # Stopped by the time limit: the window ends there. By the request count: at the last answer.
     closes = window[1] if issued < load.max_requests else max(answered, default=window[0])
     result.duration_s = closes - window[0]
-    result.ok_in_window = sum(done <= closes for done in answered)
+    result.ok_in_window = sum(window[0] <= done <= closes for done in answered)
 
 
 async def _timed(
     send: Sender, call: Call, due: float, result: LoadResult, bar: tqdm[Any] | None
 ) -> None:
-    status = await send(call)
-    result.statuses[status] += 1
-    if status == "200":
+    reply = await send(call)
+    result.statuses[reply.status] += 1
+    if reply.status == "200":
         result.latencies_s.append(time.perf_counter() - due)
         result.ok_in_window += 1
+    elif reply.status == "503":
+        result.shed_latencies_s.append(time.perf_counter() - due)
     if bar is not None:
         bar.update()
 

@@ -61,10 +61,17 @@ def local_serve(num_gpus: int = 2) -> Iterator[str]:
 
 
 def app_args(
-    model_id: str = DEFAULT_MODEL, max_batch_size: int = 16, replicas: int = 1
+    model_id: str = DEFAULT_MODEL,
+    max_batch_size: int = 16,
+    replicas: int = 1,
+    shedding: bool = False,
 ) -> dict[str, Any]:
     """The CPU config's application args with the given model and replica count, admitting
-    four batches of ``max_batch_size`` per replica."""
+    four batches of ``max_batch_size`` per replica.
+
+    Load shedding is off unless asked for: a closed loop of a fixed number of clients cannot
+    overload the service, and a refusal would only distort the throughput measured.
+    """
     config = yaml.safe_load(CPU_CONFIG.read_text())
     args: dict[str, Any] = copy.deepcopy(config["applications"][0]["args"])
     args["model"]["model_id"] = model_id
@@ -76,7 +83,17 @@ def app_args(
         max_ongoing_requests=4 * max_batch_size,
     )
     args["ingress_deployment"].update(num_cpus=0)
+    if not shedding:
+        args["limits"]["max_queue_wait_s"] = None
     return args
+
+
+def cpu_batching() -> BatchingConfig:
+    """The CPU config's batching (its model deployment's ``user_config``)."""
+    config = yaml.safe_load(CPU_CONFIG.read_text())
+    deployments = config["applications"][0]["deployments"]
+    user_config = next(d["user_config"] for d in deployments if d["name"] == MODEL_DEPLOYMENT)
+    return BatchingConfig.model_validate(user_config)
 
 
 def ship_by_value(module: ModuleType) -> None:

@@ -12,12 +12,14 @@ from PIL import Image, ImageDraw
 
 from benchmarks.loadgen import Call
 
-ImageKind = Literal["small", "large"]
+ImageKind = Literal["small", "medium", "large"]
 SIZES: dict[ImageKind, tuple[tuple[int, int], str]] = {
     "small": ((64, 64), "PNG"),
+    "medium": ((640, 640), "JPEG"),
     "large": ((1024, 768), "JPEG"),
 }
-"""``small``: a 64x64 PNG; ``large``: a 1024x768 JPEG, a typical phone photo once downscaled."""
+"""``small``: a 64x64 PNG; ``medium``: a 640x640 JPEG; ``large``: a 1024x768 JPEG, a typical
+phone photo once downscaled."""
 
 QUESTIONS = (
     "What is in the picture?",

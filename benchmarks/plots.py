@@ -251,3 +251,27 @@ def gpu(result: dict[str, Any], path: Path) -> None:
     gpu_name = result["machine"]["gpu"]
     tokens = result["max_new_tokens"]
     _save(figure, path, f"BLIP-2 OPT-2.7b sizes, {result['dtype']}, {tokens} tokens, {gpu_name}")
+
+
+def overload(result: dict[str, Any], path: Path) -> None:
+    """Throughput per case, and latency of the 200s and of the 503s (log scale)."""
+    figure, (rate, latency) = plt.subplots(1, 2, figsize=(14, 5))
+    points = result["points"]
+    labels = [point["case"].replace(", ", "\n") for point in points]
+    grouped_bars(rate, labels, {"200s per second": [p["throughput_rps"] for p in points]})
+    rate.set_ylabel("requests/s")
+    rate.set_title("throughput")
+    series = {
+        "p50 of 200s": [p["p50_ms"] for p in points],
+        "p99 of 200s": [p["p99_ms"] for p in points],
+        "p99 of 503s": [p.get("p99_503_ms", 0.0) for p in points],
+    }
+    grouped_bars(latency, labels, series)
+    latency.axhline(
+        result["max_queue_wait_s"] * 1000, color="grey", linestyle=":", label="wait budget"
+    )
+    latency.set_yscale("log")
+    latency.set_ylabel("ms")
+    latency.set_title("latency")
+    latency.legend(fontsize=7)
+    _save(figure, path, f"Overload on one CPU model replica ({result['model']})")

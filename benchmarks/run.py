@@ -21,6 +21,7 @@ SCENARIOS = {
     "baseline": "the service vs a single-process FastAPI + uvicorn server at 1, 4, 16 clients",
     "cold-start": "from `serve run` to the first 200, split into phases",
     "profile": "where the CPU goes under load; resizing in the ingress before and after",
+    "overload": "400 clients on one CPU replica, load shedding on and off",
 }
 GPU_SCENARIOS = {
     "gpu": "BLIP-2 OPT-2.7b sizes on CUDA: bare model vs service, per batch size",

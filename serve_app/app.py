@@ -4,6 +4,7 @@ import math
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from serve_app.config import AppConfig, BatchingConfig
 from serve_app.deployments.ingress import Blip2Ingress
@@ -11,6 +12,8 @@ from serve_app.deployments.server import Blip2Server, ModelFactory
 
 MODEL_DEPLOYMENT = "Blip2Server"
 INGRESS_DEPLOYMENT = "Blip2Ingress"
+PROXY_RETRY_AFTER_S = 1
+"""``Retry-After`` of the 503 Serve's proxy answers when the ingress's queue is full."""
 
 
 def build_app(args: AppConfig) -> Application:
@@ -49,6 +52,7 @@ def build_application(
         user_config=(batching or BatchingConfig()).model_dump(),
         health_check_period_s=server_options.health_check_period_s,
         health_check_timeout_s=server_options.health_check_timeout_s,
+        graceful_shutdown_timeout_s=server_options.graceful_shutdown_timeout_s,
     )(Blip2Server)
     ingress_options = config.ingress_deployment
     ingress = serve.deployment(
@@ -56,7 +60,9 @@ def build_application(
         ray_actor_options={"num_cpus": ingress_options.num_cpus},
         max_ongoing_requests=ingress_options.max_ongoing_requests,
         max_queued_requests=ingress_options.max_queued_requests,
+        backpressure_config=BackpressureConfig(retry_after_s=PROXY_RETRY_AFTER_S),
         autoscaling_config=ingress_options.autoscaling_config,
+        graceful_shutdown_timeout_s=ingress_options.graceful_shutdown_timeout_s,
     )(Blip2Ingress)
     model_options = config.model
     if model_options.cpu_threads is None:

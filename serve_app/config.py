@@ -19,6 +19,8 @@ TINY_RANDOM_T5 = "builtin:tiny-random-blip2-t5"
 DEFAULT_VQA_TEMPLATE = "Question: {question} Answer:"
 
 DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_GRACEFUL_SHUTDOWN_S = 130.0
+"""Room for a request at the default ``request_timeout_s`` (120 s) to finish, and its answer."""
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float16", "bfloat16", "float32"]
@@ -144,6 +146,12 @@ class ModelDeploymentConfig(StrictModel):
         "(a hung accelerator): Serve replaces it and its callers get a typed error.",
     )
     health_check_timeout_s: float = Field(30.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(
+        DEFAULT_GRACEFUL_SHUTDOWN_S,
+        gt=0,
+        description="How long a replica being stopped (scale-down, redeploy) may finish the "
+        "requests it holds after new ones stop reaching it; at least limits.request_timeout_s.",
+    )
 
     _check_autoscaling = field_validator("autoscaling_config")(_validate_autoscaling)
 
@@ -153,13 +161,23 @@ class IngressDeploymentConfig(StrictModel):
 
     num_cpus: float = Field(1.0, ge=0.0)
     max_ongoing_requests: int = Field(
-        512, ge=1, description="Room for every request the model deployment may hold, and more."
+        1024,
+        ge=1,
+        description="Requests an ingress replica holds: the backlog load shedding admits "
+        "(max_queue_wait_s x its share of the throughput), URL fetches, and room to refuse a "
+        "flood at once (a full ingress makes Serve's proxy hold requests instead).",
     )
     max_queued_requests: int = Field(
         1024, ge=-1, description="Last-resort queue at the proxy; -1 means unbounded."
     )
     autoscaling_config: dict[str, Any] = Field(
         default_factory=lambda: {"min_replicas": 1, "max_replicas": 1}
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        DEFAULT_GRACEFUL_SHUTDOWN_S,
+        gt=0,
+        description="How long a replica being stopped (scale-down, redeploy) may finish the "
+        "requests it holds after new ones stop reaching it; at least limits.request_timeout_s.",
     )
 
     _check_autoscaling = field_validator("autoscaling_config")(_validate_autoscaling)
@@ -181,6 +199,12 @@ class LimitsConfig(StrictModel):
     max_concurrent_url_fetches: int = Field(
         16, ge=1, description="URL fetches a replica runs at once; more wait within their deadline."
     )
+    max_concurrent_url_fetches_per_token: int = Field(
+        4,
+        ge=1,
+        description="URL fetches one bearer token runs at once in a replica (with "
+        "authentication on); its further fetches wait without holding a replica's slot.",
+    )
     max_redirects: int = Field(3, ge=0)
     allow_image_urls: bool = Field(True, description="Accept images given by URL at all.")
     allow_private_urls: bool = Field(
@@ -191,6 +215,13 @@ class LimitsConfig(StrictModel):
         description="If not empty, image URLs must be on these domains or their subdomains.",
     )
     request_timeout_s: float = Field(120.0, gt=0)
+    max_queue_wait_s: float | None = Field(
+        10.0,
+        gt=0,
+        description="Shed load: a request whose expected wait for the model (the backlog "
+        "ahead of it over the measured service rate) exceeds this is refused at once with a "
+        "503 and a Retry-After; null admits every request the queues hold.",
+    )
 
     @field_validator("url_allowed_domains")
     @classmethod
@@ -235,3 +266,14 @@ class AppConfig(StrictModel):
     ingress_deployment: IngressDeploymentConfig = Field(default_factory=IngressDeploymentConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+
+    @model_validator(mode="after")
+    def _drain_covers_a_request(self) -> AppConfig:
+        for name in ("model_deployment", "ingress_deployment"):
+            section: ModelDeploymentConfig | IngressDeploymentConfig = getattr(self, name)
+            if section.graceful_shutdown_timeout_s < self.limits.request_timeout_s:
+                raise ValueError(
+                    f"{name}.graceful_shutdown_timeout_s must be at least "
+                    "limits.request_timeout_s, so a stopping replica answers what it accepted"
+                )
+        return self

@@ -15,6 +15,8 @@ class ServeAppError(Exception):
 
     status_code: int = 400
     code: str = "invalid_request"
+    retry_after_s: float | None = None
+    """Seconds a caller should wait before retrying (errors of a busy or absent model)."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message, param)
@@ -101,10 +103,14 @@ class UnsupportedMediaTypeError(ServeAppError):
 
 
 class ModelOverloadedError(ServeAppError):
-    """The model deployment's queue is full; retry after a short wait."""
+    """The model is too busy to start this request in time; retry after ``retry_after_s``."""
 
     status_code = 503
     code = "overloaded"
+
+    def __init__(self, message: str, param: str | None = None, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, param)
+        self.retry_after_s = retry_after_s
 
 
 class ModelUnavailableError(ServeAppError):
@@ -112,6 +118,7 @@ class ModelUnavailableError(ServeAppError):
 
     status_code = 503
     code = "model_unavailable"
+    retry_after_s = 1.0
 
 
 class BodyTimeoutError(ServeAppError):

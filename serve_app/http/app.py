@@ -29,6 +29,7 @@ from serve_app.http.metrics import HttpMetricsMiddleware, endpoint_of
 from serve_app.http.openapi import install_openapi, json_body, request_body
 from serve_app.http.routes import IMAGE_ROUTES, ImageRoute
 from serve_app.http.sse import chat_events
+from serve_app.images.url_fetch import FETCH_OWNER
 from serve_app.ingress.auth import BearerAuth
 from serve_app.ingress.handlers import Blip2Handlers
 from serve_app.metrics import HttpMetrics
@@ -57,7 +58,8 @@ def make_http_app(
 
     def authorize(authorization: HTTPAuthorizationCredentials | None) -> None:
         if auth is not None:
-            auth.check(None if authorization is None else authorization.credentials)
+            key_id = auth.check(None if authorization is None else authorization.credentials)
+            FETCH_OWNER.set(key_id)  # this request's image URLs count against its token
 
     for route in IMAGE_ROUTES:
         app.post(
@@ -78,6 +80,7 @@ def make_http_app(
         """OpenAI-compatible chat completions about one image; ``stream`` sends SSE chunks."""
         try:
             authorize(authorization)
+            handlers.admission.check()
             body.require_media_type(request, ("application/json",))
             raw = await body.read_body(request, handlers.limits)
             chat = body.parse_json(raw, ChatCompletionRequest)
@@ -116,12 +119,13 @@ def _image_endpoint(
     handlers: Blip2Handlers,
     authorize: Callable[[HTTPAuthorizationCredentials | None], None],
 ) -> Callable[..., Awaitable[BaseModel]]:
-    """The route function of one image route: check the token, parse the body, call."""
+    """The route function of one image route: check the token and the load, parse, call."""
     handler: Callable[[Any], Awaitable[BaseModel]] = getattr(handlers, route.handler)
     limits = handlers.limits
 
     async def endpoint(request: Request, authorization: Authorization) -> BaseModel:
         authorize(authorization)
+        handlers.admission.check()  # shed load before the body is read and parsed
         return await handler(await body.parse_image_request(request, route.request, limits))
 
     endpoint.__name__ = route.handler

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -26,6 +27,11 @@ from serve_app.contract.errors import (
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 MAX_FORM_FIELDS = 16
+TEXT_ALLOWANCE_BYTES = 64 * 1024
+"""Room in a body for its fields besides the image and the prompt (settings, a URL, JSON)."""
+JSON_BYTES_PER_CHAR = 12
+"""The most one prompt character can take in JSON: a surrogate pair of ``\\uXXXX`` escapes."""
+DATA_URI_PREFIX_BYTES = 256
 UPLOAD_FIELD = "image"
 IMAGE_BODY_MEDIA_TYPES = ("application/json", "multipart/form-data")
 
@@ -35,10 +41,21 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def body_cap(limits: LimitsConfig, kind: str) -> int:
+    """The largest body a request of media type ``kind`` can need: one image at
+    ``limits.max_image_bytes`` (base64 in JSON) and its text, never more than
+    ``limits.max_body_bytes``."""
+    image = limits.max_image_bytes
+    if kind != "multipart/form-data":
+        image = 4 * math.ceil(image / 3) + DATA_URI_PREFIX_BYTES
+    text = TEXT_ALLOWANCE_BYTES + JSON_BYTES_PER_CHAR * limits.max_prompt_chars
+    return min(limits.max_body_bytes, image + text)
+
+
 async def read_body(request: Request, limits: LimitsConfig) -> bytes:
-    """Read the body within ``limits.body_timeout_s``, refusing it as soon as it exceeds
-    ``limits.max_body_bytes`` (declared or streamed)."""
-    max_bytes = limits.max_body_bytes
+    """Read the body within ``limits.body_timeout_s``, refusing it as soon as it exceeds its
+    cap (:func:`body_cap`; declared or streamed)."""
+    max_bytes = body_cap(limits, media_type(request))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"the request body exceeds {max_bytes} bytes")

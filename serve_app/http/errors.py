@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from serve_app.contract.api import ErrorDetail, ErrorResponse
-from serve_app.contract.errors import ServeAppError
+from serve_app.contract.errors import ModelOverloadedError, ServeAppError
 from serve_app.contract.openai import OpenAIError, OpenAIErrorResponse
 from serve_app.http.metrics import endpoint_of
 from serve_app.metrics import HttpMetrics
@@ -22,9 +23,6 @@ logger = logging.getLogger("ray.serve")
 
 Responses = dict[int | str, dict[str, Any]]
 """Error responses as FastAPI lists them in the OpenAPI document."""
-
-RETRY_AFTER_S = 1
-"""Seconds a client is asked to wait after a 503."""
 
 
 def _documented(body: type[BaseModel], descriptions: dict[int, str]) -> Responses:
@@ -63,22 +61,31 @@ OPENAI_ERROR_RESPONSES = _documented(
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-def json_error(status_code: int, body: dict[str, Any]) -> JSONResponse:
-    """An error body with its status; 503s carry ``Retry-After``, 401s the Bearer challenge."""
+def json_error(
+    status_code: int, body: dict[str, Any], retry_after_s: float | None = None
+) -> JSONResponse:
+    """An error body with its status, 401s' Bearer challenge and, if given, the retry time:
+    ``Retry-After`` in whole seconds (rounded up) and ``retry-after-ms`` exactly (clients such
+    as OpenAI's prefer it, so refused callers do not all come back on the same second)."""
     headers = {}
-    if status_code == 503:
-        headers["Retry-After"] = str(RETRY_AFTER_S)
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+        headers["retry-after-ms"] = str(round(retry_after_s * 1000))
     if status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def error_response(
-    status_code: int, code: str, message: str, param: str | None = None
+    status_code: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    retry_after_s: float | None = None,
 ) -> JSONResponse:
     """An error in the service's JSON shape."""
     body = ErrorResponse(error=ErrorDetail(code=code, message=message, param=param))
-    return json_error(status_code, body.model_dump())
+    return json_error(status_code, body.model_dump(), retry_after_s)
 
 
 def openai_error(error: ServeAppError) -> tuple[int, OpenAIErrorResponse]:
@@ -94,7 +101,7 @@ def openai_error(error: ServeAppError) -> tuple[int, OpenAIErrorResponse]:
 def openai_error_response(error: ServeAppError) -> JSONResponse:
     """An error in OpenAI's JSON shape, with its status."""
     status, body = openai_error(error)
-    return json_error(status, body.model_dump())
+    return json_error(status, body.model_dump(), error.retry_after_s)
 
 
 def install_error_handlers(app: FastAPI, metrics: HttpMetrics) -> None:
@@ -106,9 +113,10 @@ def install_error_handlers(app: FastAPI, metrics: HttpMetrics) -> None:
     async def on_app_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServeAppError)
         count_error(request, exc.code)
-        if exc.status_code >= 500:
+        if exc.status_code >= 500 and not isinstance(exc, ModelOverloadedError):
+            # Overload is expected and counted; logging each refusal would add to the load.
             logger.warning("Request failed: %s (%s)", exc.code, exc.message)
-        return error_response(exc.status_code, exc.code, exc.message, exc.param)
+        return error_response(exc.status_code, exc.code, exc.message, exc.param, exc.retry_after_s)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 import numpy as np
@@ -30,13 +31,21 @@ async def off_loop(work: Callable[..., ResultT], *args: Any) -> ResultT:
     return await asyncio.get_running_loop().run_in_executor(_DECODERS, work, *args)
 
 
-async def load_image(image: ImageSource, limits: LimitsConfig) -> NDArray[np.uint8]:
-    """Fetch or decode ``image`` off the event loop into an RGB ``uint8`` array."""
+async def load_image(
+    image: ImageSource,
+    limits: LimitsConfig,
+    fetching: AbstractContextManager[object] | None = None,
+) -> NDArray[np.uint8]:
+    """Fetch or decode ``image`` off the event loop into an RGB ``uint8`` array.
+
+    A URL's fetch (waiting on another server) runs inside ``fetching``, if given.
+    """
     if image.upload is not None:
         upload = image.upload
         return await off_loop(decode_upload, upload.content, upload.content_type, limits)
     if image.url is not None:
-        raw = await fetch_image_url(image.url, limits, "image.url")
+        with fetching or nullcontext():
+            raw = await fetch_image_url(image.url, limits, "image.url")
         return await off_loop(decode_image, raw, limits, "image.url")
     if image.data is not None:
         return await off_loop(_decode_data, image.data, limits)

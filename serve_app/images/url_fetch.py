@@ -12,12 +12,14 @@ that really ends the fetch (it is asynchronous: no thread keeps reading). Enviro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
 import ssl
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TypeAlias
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -46,6 +48,13 @@ _RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="image-url-dns"
 _SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
+_OWNER_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+FETCH_OWNER: ContextVar[str | None] = ContextVar("blip2_fetch_owner", default=None)
+"""Whom the current request's URL fetches count against (an authenticated caller's key id);
+None for callers without one (anonymous HTTP, trusted handle calls)."""
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _HEADERS = {
     "User-Agent": "blip2-serve image fetcher",
@@ -180,7 +189,9 @@ async def fetch_image_url(url: str, limits: LimitsConfig, param: str = "image.ur
     The fetch is asynchronous and ``limits.url_fetch_timeout_s`` bounds all of it (resolving,
     connecting, every redirect and every byte): when it passes, the connection is closed, so a
     server that trickles its answer holds nothing. At most ``limits.max_concurrent_url_fetches``
-    run at once in a replica; more wait within their deadline.
+    run at once in a replica, and at most ``limits.max_concurrent_url_fetches_per_token`` for
+    one ``FETCH_OWNER``; more wait within their deadline, a caller's extra fetches without
+    holding a replica's slot.
 
     Raises:
         ImageFetchError: Refused URL or redirect, too many redirects, non-2xx status,
@@ -190,7 +201,11 @@ async def fetch_image_url(url: str, limits: LimitsConfig, param: str = "image.ur
     """
     reason = "invalid response"
     try:
-        async with asyncio.timeout(limits.url_fetch_timeout_s), _fetch_slots(limits):
+        async with (
+            asyncio.timeout(limits.url_fetch_timeout_s),
+            _owner_slots(limits),
+            _fetch_slots(limits),
+        ):
             return await _follow(url, limits, param)
     except TimeoutError:
         reason = "timed out"
@@ -275,3 +290,15 @@ def _is_tls_failure(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__ or cause.__context__
     return False
+
+
+def _owner_slots(limits: LimitsConfig) -> contextlib.AbstractAsyncContextManager[object]:
+    """The current fetch owner's semaphore on this event loop (nothing without an owner)."""
+    owner = FETCH_OWNER.get()
+    if owner is None:
+        return contextlib.nullcontext()
+    by_owner = _OWNER_SLOTS.setdefault(asyncio.get_running_loop(), {})
+    slots = by_owner.get(owner)
+    if slots is None:
+        slots = by_owner[owner] = asyncio.Semaphore(limits.max_concurrent_url_fetches_per_token)
+    return slots

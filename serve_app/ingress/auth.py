@@ -50,14 +50,16 @@ class BearerAuth:
             tokens += Path(config.api_keys_file).read_text(encoding="utf-8").splitlines()
         return cls(token.strip() for token in tokens if token.strip())
 
-    def check(self, token: str | None) -> None:
-        """Raise ``AuthenticationError`` unless ``token`` is one of the configured tokens."""
+    def check(self, token: str | None) -> str:
+        """The caller's key id (a digest prefix, for per-token quotas), if ``token`` is one of
+        the configured tokens; else raise ``AuthenticationError``."""
         presented = _digest(token or "")
         matched = False
         for digest in self._digests:
             matched |= hmac.compare_digest(presented, digest)
         if token is None or not matched:
             raise AuthenticationError("a valid bearer token is required")
+        return presented.hex()[:16]
 
 
 def require_auth_when_exposed(host: str, config: AuthConfig) -> None:

@@ -38,6 +38,7 @@ from serve_app.contract.errors import (
 from serve_app.contract.openai import ChatCompletion, ChatCompletionRequest
 from serve_app.images.resize import fit_to_model_input
 from serve_app.images.sources import load_image, off_loop
+from serve_app.ingress.admission import Admission
 from serve_app.ingress.availability import ModelAvailability
 from serve_app.ingress.chat import Completion, ImagePrompt, chat_prompt
 from serve_app.ingress.model_client import ModelStream
@@ -92,6 +93,7 @@ class Blip2Handlers:
         self._observer = observer
         self._started = int(time.time())
         self._availability = ModelAvailability(model.describe, probe_timeout_s=READY_TIMEOUT_S)
+        self._admission = Admission(limits.max_queue_wait_s)
         self._image_input: ModelImageInput | None = None
         self._image_input_known = False
 
@@ -99,6 +101,11 @@ class Blip2Handlers:
     def limits(self) -> LimitsConfig:
         """The caps callers must stay within."""
         return self._limits
+
+    @property
+    def admission(self) -> Admission:
+        """Load shedding: the HTTP edge checks it before reading a body."""
+        return self._admission
 
     async def vqa(self, request: VQARequest) -> VQAResponse:
         """Answer a question about an image."""
@@ -133,8 +140,10 @@ class Blip2Handlers:
         deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_s
 
         async def start() -> tuple[ModelStream, str | ModelResult]:
-            model_request = await self._model_request(turn, stream=True)
-            return await self._ask(self._model.open_stream(model_request))
+            # A stream is backlog until its first event: the wait it shares with the others.
+            with self._admission.admitted():
+                model_request = await self._model_request(turn, stream=True)
+                return await self._ask(self._model.open_stream(model_request))
 
         stream, first = await self._deadline(start(), deadline)
         options = request.stream_options
@@ -173,7 +182,9 @@ class Blip2Handlers:
         self._check_limits(prompt.text, prompt.params, text_param)
 
         async def run() -> ModelResult:
-            return await self._ask(self._model.generate(await self._model_request(prompt)))
+            with self._admission.admitted():
+                model_request = await self._model_request(prompt)
+                return await self._ask(self._model.generate(model_request))
 
         return await self._deadline(run())
 
@@ -185,7 +196,7 @@ class Blip2Handlers:
 
     async def _decode(self, image: ImageSource) -> np.ndarray:
         started = time.perf_counter()
-        pixels = await load_image(image, self._limits)
+        pixels = await load_image(image, self._limits, fetching=self._admission.set_aside())
         if self._observer is not None:
             self._observer.on_image(time.perf_counter() - started, image.size_hint)
         target = await self._model_image_input()
@@ -215,6 +226,8 @@ class Blip2Handlers:
         return result
 
     def _check_limits(self, text: str, params: GenerationParams, text_param: str) -> None:
+        """Refuse what is over the caller's limits, or would wait too long, before any work."""
+        self._admission.check()
         if len(text) > self._limits.max_prompt_chars:
             raise InvalidRequestError(
                 f"{text_param} is longer than {self._limits.max_prompt_chars} characters",

@@ -79,3 +79,14 @@ def test_kuberay_gpu_workers_carry_the_resource_and_the_head_has_no_gpu() -> Non
         assert custom <= set(declared)
         (container,) = group["template"]["spec"]["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_kuberay_pods_outlast_the_replicas_graceful_shutdown() -> None:
+    cluster = kuberay_manifest()["spec"]["rayClusterConfig"]
+    args = AppConfig.model_validate(load_config("serve_config.yaml")["applications"][0]["args"])
+    drain = max(
+        args.model_deployment.graceful_shutdown_timeout_s,
+        args.ingress_deployment.graceful_shutdown_timeout_s,
+    )
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        assert group["template"]["spec"]["terminationGracePeriodSeconds"] > drain

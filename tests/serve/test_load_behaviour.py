@@ -64,6 +64,10 @@ def test_model_replicas_scale_up_under_load_and_back_down(serve_url: str) -> Non
     wait_until(lambda: running_replicas("Blip2Server") == 1, 90, "scale down to one replica")
 
 
+def post_vqa(serve_url: str) -> requests.Response:
+    return requests.post(f"{serve_url}/v1/vqa", json=BODY, timeout=60)
+
+
 def generated_requests() -> int:
     """How many requests the model replica has generated for (summed over its batches)."""
     server = serve.get_deployment_handle("Blip2Server", APP_NAME)
@@ -100,7 +104,8 @@ def test_overload_is_answered_503_with_retry_after_never_a_hang(serve_url: str) 
             "model_deployment": {
                 "max_ongoing_requests": 2,
                 "max_queued_requests": 4,
-            }
+            },
+            "limits": {"max_queue_wait_s": None},  # Serve's queue cap, the last line, alone
         },
         batching={"max_batch_size": 2, "batch_wait_timeout_s": 0},
     )
@@ -118,6 +123,48 @@ def test_overload_is_answered_503_with_retry_after_never_a_hang(serve_url: str) 
     for rejected in (r for r in responses if r.status_code == 503):
         assert rejected.headers["Retry-After"] == "1"
         assert rejected.json()["error"]["code"] == "overloaded"
+
+
+def test_sustained_load_past_the_wait_budget_is_shed_with_spaced_retry_times(
+    serve_url: str,
+) -> None:
+    run_app(
+        slow_fake_model,
+        {"limits": {"max_queue_wait_s": 0.5}},
+        batching={"max_batch_size": 4, "batch_wait_timeout_s": 0},
+    )
+    before = generated_requests()
+    for _ in range(8):  # the ingress measures the model: 4 requests per 0.3 s batch
+        assert post_vqa(serve_url).status_code == 200
+    # 40 clients, three requests each in a row: the first wave is admitted whole (no queue
+    # yet) and takes 3 s to serve, so the next ones find a queue of seconds and are refused.
+    with ThreadPoolExecutor(40) as pool:
+        waves = list(pool.map(lambda _: [post_vqa(serve_url) for _ in range(3)], range(40)))
+    responses = [response for wave in waves for response in wave]
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    shed = [r for r in responses if r.status_code == 503]
+    assert len(shed) >= 20, statuses
+    assert {r.json()["error"]["code"] for r in shed} == {"overloaded"}
+    turns = sorted(int(r.headers["retry-after-ms"]) for r in shed)
+    # ~13 requests a second: the refused callers are told to come back spread over seconds.
+    assert turns[-1] - turns[0] >= 1000, turns
+    for refused in shed:  # whole seconds, rounded up
+        assert int(refused.headers["Retry-After"]) * 1000 >= int(refused.headers["retry-after-ms"])
+    # Refused requests cost the model nothing.
+    assert generated_requests() - before == 8 + statuses.count(200)
+
+
+def test_a_redeploy_under_load_answers_every_request_already_accepted(serve_url: str) -> None:
+    """Changing the args replaces every replica; the old ones finish their work first."""
+    batching = {"max_batch_size": 1, "batch_wait_timeout_s": 0}
+    run_app(slow_fake_model, {}, batching=batching)
+    with ThreadPoolExecutor(12) as pool:
+        pending = [pool.submit(post_vqa, serve_url) for _ in range(12)]  # 3.6 s of model work
+        wait_until(lambda: generated_requests() >= 1, 30, "the first request to be served")
+        run_app(slow_fake_model, {"limits": {"max_prompt_chars": 1999}}, batching=batching)
+        statuses = [future.result().status_code for future in pending]
+    assert statuses == [200] * 12
 
 
 def test_requests_past_their_deadline_get_504_and_their_queued_work_is_dropped(

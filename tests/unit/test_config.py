@@ -55,6 +55,7 @@ BAD_ARGS: list[tuple[dict[str, Any], str]] = [
         "replicas",
     ),
     ({"limits": {"max_image_bytes": -1}}, "limits.max_image_bytes"),
+    ({"limits": {"request_timeout_s": 300}}, "graceful_shutdown_timeout_s"),
 ]
 
 
@@ -81,6 +82,10 @@ def test_builder_builds_the_two_deployment_graph() -> None:
         "merge_waiting_batches": True,
     }
     assert server.max_ongoing_requests >= 8
+    # A replica being stopped may finish every request it accepted (120 s at most).
+    for deployment in (ingress, server):
+        assert deployment._deployment_config.graceful_shutdown_timeout_s == 130
+    assert ingress._deployment_config.backpressure_config.retry_after_s == 1
 
 
 def test_model_replicas_use_as_many_torch_threads_as_their_cpus() -> None:

@@ -114,6 +114,24 @@ def test_the_body_cap_holds_while_streaming() -> None:
         asyncio.run(read(4000))
 
 
+def test_each_body_is_capped_by_what_its_media_type_can_carry() -> None:
+    limits = LimitsConfig(max_image_bytes=30_000, max_prompt_chars=100)
+    form_cap = body.body_cap(limits, "multipart/form-data")
+    json_cap = body.body_cap(limits, "application/json")
+    # The image as bytes, or as base64 (a third larger), plus room for its text and settings.
+    assert 30_000 < form_cap < json_cap < 30_000 * 4 // 3 + 80_000 < limits.max_body_bytes
+    assert body.body_cap(LimitsConfig(max_body_bytes=2048), "application/json") == 2048
+
+    async def read(size: int, kind: str) -> bytes:
+        return await body.read_body(request(b" " * size, kind, chunks=4), limits)
+
+    assert len(asyncio.run(read(json_cap, "application/json"))) == json_cap
+    with pytest.raises(PayloadTooLargeError):
+        asyncio.run(read(json_cap + 1, "application/json"))
+    with pytest.raises(PayloadTooLargeError):
+        asyncio.run(read(form_cap + 1, "multipart/form-data"))
+
+
 def test_a_body_that_trickles_past_its_deadline_is_a_408() -> None:
     sent = [b'{"question": ', b'"q"']
 
