@@ -162,7 +162,8 @@ class Admission:
     @contextmanager
     def set_aside(self) -> Iterator[None]:
         """Leave the backlog while the enclosed code waits on another server (a URL fetch):
-        a slow remote host must not make the service look overloaded."""
+        a slow remote host must not make the service look overloaded. (The request's age
+        still counts towards :meth:`oldest_wait_s`; the expected wait decides alone then.)"""
         self._rate.set_aside()
         try:
             yield

@@ -226,8 +226,6 @@ class Blip2Handlers:
         return result
 
     def _check_limits(self, text: str, params: GenerationParams, text_param: str) -> None:
-        """Refuse what is over the caller's limits, or would wait too long, before any work."""
-        self._admission.check()
         if len(text) > self._limits.max_prompt_chars:
             raise InvalidRequestError(
                 f"{text_param} is longer than {self._limits.max_prompt_chars} characters",
