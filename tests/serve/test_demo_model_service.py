@@ -1,10 +1,16 @@
-"""The CPU config serves the demo model: right answers over HTTP and through the handle API."""
+"""The CPU config serves the demo model: right answers over HTTP and through the handle API,
+and the folder-captioning example, run as a separate Ray driver, against the same application."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +22,8 @@ from serve_app.contract.api import CaptionRequest, ImageSource, VQARequest, VQAR
 from serve_app.demo.task import Example, judge, sample
 from serve_app.model.builtin import DEMO_SHAPES
 from tests.support.demo import accuracy_bar
-from tests.support.serving import deploy_config, fit_for_tests, load_config
+from tests.support.images import image_bytes
+from tests.support.serving import REPO_ROOT, deploy_config, fit_for_tests, load_config
 
 HTTP_SEED = 201
 HANDLE_SEED = 202
@@ -80,3 +87,60 @@ def test_answers_through_the_handle_are_right(url: str) -> None:
     texts = ray.get(ask_through_handle.remote(items), timeout=120)
     right = sum(judge(example, text) for example, text in zip(examples, texts, strict=True))
     assert right / len(examples) >= accuracy_bar(), list(zip(examples, texts, strict=True))
+
+
+def run_example(folder: Path, output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    command = [sys.executable, "examples/caption_folder.py", str(folder), "--output", str(output)]
+    return subprocess.run(
+        [*command, "--concurrency", "3", *extra],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_example_captions_a_folder_and_reports_failures(url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    for index in range(5):
+        (folder / f"{index}.png").write_bytes(image_bytes(index))
+    (folder / "nested" / "5.jpg").write_bytes(image_bytes(5, "JPEG"))
+    (folder / "broken.png").write_bytes(b"this is not an image")
+    (folder / "notes.txt").write_text("not an image file at all")
+    output = tmp_path / "out.jsonl"
+
+    finished = run_example(folder, output)
+
+    assert finished.returncode == 1, finished.stderr
+    assert "FAILED broken.png: invalid_image" in finished.stderr
+    records = {r["file"]: r for r in map(json.loads, output.read_text().splitlines())}
+    assert set(records) == {
+        "0.png",
+        "1.png",
+        "2.png",
+        "3.png",
+        "4.png",
+        "nested/5.jpg",
+        "broken.png",
+    }
+    assert records["broken.png"]["ok"] is False
+    good = [r for name, r in records.items() if name != "broken.png"]
+    assert all(
+        r["ok"] and isinstance(r["text"], str) and r["usage"]["completion_tokens"] > 0 for r in good
+    )
+
+
+def test_example_answers_a_question(url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(image_bytes(1))
+    output = tmp_path / "answers.jsonl"
+
+    finished = run_example(folder, output, "--question", "what is in the picture?")
+
+    assert finished.returncode == 0, finished.stderr
+    (record,) = map(json.loads, output.read_text().splitlines())
+    assert record["ok"] and record["file"] == "a.png"

@@ -134,17 +134,17 @@ def test_sustained_load_past_the_wait_budget_is_shed_with_spaced_retry_times(
         batching={"max_batch_size": 4, "batch_wait_timeout_s": 0},
     )
     before = generated_requests()
-    for _ in range(8):  # the ingress measures the model: 4 requests per 0.3 s batch
+    for _ in range(4):  # the ingress measures the model: 4 requests per 0.3 s batch
         assert post_vqa(serve_url).status_code == 200
-    # 40 clients, three requests each in a row: the first wave is admitted whole (no queue
-    # yet) and takes 3 s to serve, so the next ones find a queue of seconds and are refused.
-    with ThreadPoolExecutor(40) as pool:
-        waves = list(pool.map(lambda _: [post_vqa(serve_url) for _ in range(3)], range(40)))
+    # 30 clients, two requests each in a row: the first wave is admitted whole (no queue yet)
+    # and takes over 2 s to serve, so most second ones find a queue of seconds and are refused.
+    with ThreadPoolExecutor(30) as pool:
+        waves = list(pool.map(lambda _: [post_vqa(serve_url) for _ in range(2)], range(30)))
     responses = [response for wave in waves for response in wave]
     statuses = [r.status_code for r in responses]
     assert set(statuses) == {200, 503}, statuses
     shed = [r for r in responses if r.status_code == 503]
-    assert len(shed) >= 20, statuses
+    assert len(shed) >= 15, statuses
     assert {r.json()["error"]["code"] for r in shed} == {"overloaded"}
     turns = sorted(int(r.headers["retry-after-ms"]) for r in shed)
     # ~13 requests a second: the refused callers are told to come back spread over seconds.
@@ -152,7 +152,7 @@ def test_sustained_load_past_the_wait_budget_is_shed_with_spaced_retry_times(
     for refused in shed:  # whole seconds, rounded up
         assert int(refused.headers["Retry-After"]) * 1000 >= int(refused.headers["retry-after-ms"])
     # Refused requests cost the model nothing.
-    assert generated_requests() - before == 8 + statuses.count(200)
+    assert generated_requests() - before == 4 + statuses.count(200)
 
 
 def test_a_redeploy_under_load_answers_every_request_already_accepted(serve_url: str) -> None:
