@@ -45,12 +45,11 @@ callers cannot use the difference to map internal host names."""
 _CHUNK_BYTES = 64 * 1024
 _RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="image-url-dns")
 """Host name lookups, apart from every other thread pool: slow DNS stalls only lookups."""
-_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
-_OWNER_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
-    weakref.WeakKeyDictionary()
-)
+_SLOTS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str | None, asyncio.Semaphore]
+] = weakref.WeakKeyDictionary()
+"""Per event loop (one per replica): the replica's fetch semaphore (key None) and each fetch
+owner's."""
 
 FETCH_OWNER: ContextVar[str | None] = ContextVar("blip2_fetch_owner", default=None)
 """Whom the current request's URL fetches count against (an authenticated caller's key id);
@@ -204,7 +203,7 @@ async def fetch_image_url(url: str, limits: LimitsConfig, param: str = "image.ur
         async with (
             asyncio.timeout(limits.url_fetch_timeout_s),
             _owner_slots(limits),
-            _fetch_slots(limits),
+            _slots(None, limits.max_concurrent_url_fetches),
         ):
             return await _follow(url, limits, param)
     except TimeoutError:
@@ -269,12 +268,12 @@ async def _read_body(response: httpx.Response, limits: LimitsConfig, param: str)
     return bytes(body)
 
 
-def _fetch_slots(limits: LimitsConfig) -> asyncio.Semaphore:
-    """This event loop's semaphore bounding concurrent fetches (one per replica's loop)."""
-    loop = asyncio.get_running_loop()
-    slots = _SLOTS.get(loop)
+def _slots(owner: str | None, size: int) -> asyncio.Semaphore:
+    """This event loop's semaphore of ``owner`` (None: the replica's), made with ``size``."""
+    by_owner = _SLOTS.setdefault(asyncio.get_running_loop(), {})
+    slots = by_owner.get(owner)
     if slots is None:
-        slots = _SLOTS[loop] = asyncio.Semaphore(limits.max_concurrent_url_fetches)
+        slots = by_owner[owner] = asyncio.Semaphore(size)
     return slots
 
 
@@ -297,8 +296,4 @@ def _owner_slots(limits: LimitsConfig) -> contextlib.AbstractAsyncContextManager
     owner = FETCH_OWNER.get()
     if owner is None:
         return contextlib.nullcontext()
-    by_owner = _OWNER_SLOTS.setdefault(asyncio.get_running_loop(), {})
-    slots = by_owner.get(owner)
-    if slots is None:
-        slots = by_owner[owner] = asyncio.Semaphore(limits.max_concurrent_url_fetches_per_token)
-    return slots
+    return _slots(owner, limits.max_concurrent_url_fetches_per_token)

@@ -62,11 +62,6 @@ class BusyRate:
         self._advance()
         self._in_flight += 1
 
-    def set_aside(self) -> None:
-        """A request waits on something else for a while (it neither completes nor fails)."""
-        self._advance()
-        self._in_flight -= 1
-
     def finished(self, completed: bool) -> None:
         """A request finished; ``completed``: it was served (failures do not count as rate)."""
         self._advance()
@@ -142,7 +137,7 @@ class Admission:
                     "the model has not answered yet; retry after 1 s", retry_after_s=1.0
                 )
             return
-        wait = self.expected_wait_s()
+        wait = self._rate.in_flight / rate
         if wait > self._budget_s and self.oldest_wait_s() > self._budget_s / 2:
             retry_after = self._retry_slot(wait - self._budget_s, rate)
             raise ModelOverloadedError(
@@ -164,7 +159,7 @@ class Admission:
         """Leave the backlog while the enclosed code waits on another server (a URL fetch):
         a slow remote host must not make the service look overloaded. (The request's age
         still counts towards :meth:`oldest_wait_s`; the expected wait decides alone then.)"""
-        self._rate.set_aside()
+        self._rate.finished(completed=False)  # out of the backlog, not counted as served
         try:
             yield
         finally:
