@@ -162,14 +162,24 @@ class Blip2Model:
         a request add up to its result's text) and can cancel requests mid-generation.
         """
         results: list[ModelResult | Exception | None] = [None] * len(requests)
-        groups: dict[tuple[GenerationParams, int | None], list[PreparedRequest]] = {}
+        settings: dict[int, GenerationParams] = {}
         for index, request in enumerate(requests):
             try:
-                params = self._config.effective_params(request.params)
-                prepared = self._inputs.prepare(index, request, params.max_new_tokens or 0)
+                settings[index] = self._config.effective_params(request.params)
             except Exception as exc:
                 results[index] = _as_client_error(exc)
+        to_prepare = [
+            (index, requests[index], params.max_new_tokens or 0)
+            for index, params in settings.items()
+        ]
+        groups: dict[tuple[GenerationParams, int | None], list[PreparedRequest]] = {}
+        for (index, _, _), prepared in zip(
+            to_prepare, self._inputs.prepare_all(to_prepare), strict=True
+        ):
+            if isinstance(prepared, Exception):
+                results[index] = _as_client_error(prepared)
                 continue
+            params = settings[index]
             seeded = params.do_sample and params.seed is not None
             groups.setdefault((params, index if seeded else None), []).append(prepared)
         emitted: dict[int, str] = {}

@@ -3,6 +3,7 @@ and a batch of them padded the way the language model expects (no Ray)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,34 +80,70 @@ class InputBuilder:
             width=int(width), height=int(height), resample=int(processor.resample)
         )
 
-    def prepare(self, index: int, request: ModelRequest, max_new_tokens: int) -> PreparedRequest:
-        """Tokenize the request's prompt and process its image.
+    def prepare_all(
+        self, requests: Sequence[tuple[int, ModelRequest, int]]
+    ) -> list[PreparedRequest | Exception]:
+        """Tokenize the prompts and process the images of ``(index, request, max_new_tokens)``
+        items, each step once for all of them; one prepared request or error per item.
 
-        Raises:
-            InvalidImageError: The image is not an RGB ``uint8`` array.
-            InvalidRequestError: The prompt and ``max_new_tokens`` do not fit the model.
+        A request fails alone: its image is not an RGB ``uint8`` array (``InvalidImageError``),
+        its prompt and ``max_new_tokens`` do not fit the model (``InvalidRequestError``), or it
+        makes the tokenizer or image processor fail.
         """
-        image = request.image
-        if not (
-            isinstance(image, np.ndarray)
-            and image.dtype == np.uint8
-            and image.ndim == 3
-            and image.shape[2] == 3
-            and image.shape[0] > 0
-            and image.shape[1] > 0
-        ):
-            raise InvalidImageError(
-                "image must be an RGB uint8 array of shape (height, width, 3)", "image"
+        results: list[PreparedRequest | Exception | None] = [None] * len(requests)
+        valid: list[int] = []
+        for position, (_, request, _) in enumerate(requests):
+            if _is_rgb_array(request.image):
+                valid.append(position)
+            else:
+                results[position] = InvalidImageError(
+                    "image must be an RGB uint8 array of shape (height, width, 3)", "image"
+                )
+        if len(valid) > 1:
+            try:
+                batch = self._prepare([requests[position] for position in valid])
+            except Exception:
+                pass  # one of them breaks the batch: prepare each alone below
+            else:
+                for position, prepared in zip(valid, batch, strict=True):
+                    results[position] = prepared
+        for position in valid:
+            if results[position] is None:
+                try:
+                    results[position] = self._prepare([requests[position]])[0]
+                except Exception as exc:
+                    results[position] = exc
+        return [r if r is not None else RuntimeError("not prepared") for r in results]
+
+    def _prepare(
+        self, items: Sequence[tuple[int, ModelRequest, int]]
+    ) -> list[PreparedRequest | Exception]:
+        prompts = [self.build_prompt(request.task, request.text) for _, request, _ in items]
+        with_special = self._tokenizer(prompts)["input_ids"]
+        plain = self._tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        images = [Image.fromarray(np.ascontiguousarray(r.image)) for _, r, _ in items]
+        pixels = self._processor.image_processor(images=images, return_tensors="pt")
+        pixel_values = pixels["pixel_values"]
+        prepared: list[PreparedRequest | Exception] = []
+        for row, (index, request, max_new_tokens) in enumerate(items):
+            text_ids = [int(i) for i in with_special[row]]
+            try:
+                self._check_fits(request, len(text_ids), max_new_tokens)
+            except InvalidRequestError as exc:
+                prepared.append(exc)
+                continue
+            prepared.append(
+                PreparedRequest(
+                    index,
+                    request.task,
+                    prompts[row],
+                    text_ids,
+                    [int(i) for i in plain[row]],
+                    pixel_values[row : row + 1],
+                    request.stream,
+                )
             )
-        prompt = self.build_prompt(request.task, request.text)
-        text_ids = [int(i) for i in self._tokenizer(prompt)["input_ids"]]
-        self._check_fits(request, len(text_ids), max_new_tokens)
-        plain = [int(i) for i in self._tokenizer(prompt, add_special_tokens=False)["input_ids"]]
-        rgb = Image.fromarray(np.ascontiguousarray(image))
-        pixels = self._processor.image_processor(images=[rgb], return_tensors="pt")
-        return PreparedRequest(
-            index, request.task, prompt, text_ids, plain, pixels["pixel_values"], request.stream
-        )
+        return prepared
 
     def _check_fits(self, request: ModelRequest, text_tokens: int, max_new_tokens: int) -> None:
         if self._max_positions is None:
@@ -131,3 +168,14 @@ class InputBuilder:
             ids[i, span] = torch.tensor(row, dtype=torch.long)
             mask[i, span] = 1
         return ids, mask
+
+
+def _is_rgb_array(image: object) -> bool:
+    return (
+        isinstance(image, np.ndarray)
+        and image.dtype == np.uint8
+        and image.ndim == 3
+        and image.shape[2] == 3
+        and image.shape[0] > 0
+        and image.shape[1] > 0
+    )

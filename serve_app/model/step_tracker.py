@@ -64,9 +64,13 @@ class StepTracker(StoppingCriteria):  # type: ignore[misc]
         self._observer = observer
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        generated = input_ids[:, self._offset :].tolist()
+        # Token ids leave the device, and text is rendered, only for rows that stream or stop
+        # on a string; other rows are only checked for a caller who went away.
+        watched = any(row.stream or row.stop for row in self.rows)
+        generated = input_ids[:, self._offset :].tolist() if watched else None
         finished = [
-            self._step(row, tokens) for row, tokens in zip(self.rows, generated, strict=True)
+            self._step(row, generated[position] if generated is not None else [])
+            for position, row in enumerate(self.rows)
         ]
         return torch.tensor(finished, dtype=torch.bool, device=input_ids.device)
 

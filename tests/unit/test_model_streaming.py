@@ -6,8 +6,10 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
+import torch
 
 from serve_app.model.blip2 import Blip2Model
+from serve_app.model.step_tracker import StepTracker, TrackedRow
 from serve_app.model.types import ModelRequest
 from tests.support.results import ok, request
 
@@ -124,3 +126,22 @@ def test_a_stream_retried_after_a_failure_mid_batch_is_not_sent_twice(
     assert any(observer.deltas[index] for index in (0, 1)), "nothing was streamed before"
     for index, result in enumerate(results):
         assert "".join(observer.deltas[index]) == result.text
+
+
+def test_rows_that_neither_stream_nor_stop_leave_their_tokens_on_the_device() -> None:
+    def render(index: int, tokens: list[int]) -> tuple[str, bool]:
+        raise AssertionError("a row nobody reads was rendered")
+
+    class NothingCancelled:
+        def on_text(self, index: int, delta: str) -> None:
+            raise AssertionError("no row streams")
+
+        def is_cancelled(self, index: int) -> bool:
+            return index == 1
+
+    rows = [TrackedRow(0, stream=False, stop=()), TrackedRow(1, stream=False, stop=())]
+    tracker = StepTracker(rows, offset=2, render=render, observer=NothingCancelled())
+    # A meta tensor has no data: reading its tokens (a device sync on a GPU) would raise.
+    finished = tracker(torch.zeros((2, 3), dtype=torch.long, device="meta"), scores=None)
+    assert finished.shape == (2,) and finished.dtype == torch.bool
+    assert [row.finished for row in rows] == [False, True]  # only the cancelled row stops
