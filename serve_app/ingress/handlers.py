@@ -195,12 +195,15 @@ class Blip2Handlers:
         )
 
     async def _decode(self, image: ImageSource) -> np.ndarray:
+        """The image's pixels, resized to the model's input in the same step once it is known
+        (until then an image is checked before the model is asked its input size)."""
+        known = self._image_input if self._image_input_known else None
         started = time.perf_counter()
-        pixels = await load_image(image, self._limits, fetching=self._admission.set_aside())
+        fetching = self._admission.set_aside()
+        pixels = await load_image(image, self._limits, fetching=fetching, fit=known)
         if self._observer is not None:
             self._observer.on_image(time.perf_counter() - started, image.size_hint)
-        target = await self._model_image_input()
-        if target is not None:
+        if not self._image_input_known and (target := await self._model_image_input()):
             pixels = await off_loop(fit_to_model_input, pixels, target)
         return pixels
 

@@ -44,6 +44,7 @@ from serve_app.contract.errors import (
     ServeAppError,
     UnsupportedMediaTypeError,
 )
+from serve_app.images import sources
 from serve_app.images.data_uri import decode_base64_image
 from serve_app.images.decode import decode_image
 from serve_app.images.sources import decode_upload, load_image
@@ -814,3 +815,16 @@ def test_the_pixel_budget_counts_bytes_per_pixel(mode: str, fmt: str, fits: bool
         with pytest.raises(PayloadTooLargeError, match="decodes to"):
             decode_image(raw, limits)
         assert decode_image(raw, LimitsConfig(max_image_pixels=600 * 500 * 2)).shape[2] == 3
+
+
+def test_only_images_small_in_bytes_and_pixels_are_decoded_on_the_event_loop() -> None:
+    def png(side: int) -> bytes:
+        buffer = BytesIO()
+        Image.new("RGB", (side, side), "white").save(buffer, "PNG")
+        return buffer.getvalue()
+
+    huge_but_small_file = png(2000)
+    assert len(huge_but_small_file) <= sources.INLINE_DECODE_BYTES
+    assert not sources.decodes_inline(huge_but_small_file)  # 4 M pixels: a thread's work
+    assert sources.decodes_inline(png(64))  # cheaper than a hop to a thread and back
+    assert not sources.decodes_inline(png(64) + bytes(sources.INLINE_DECODE_BYTES))
