@@ -53,6 +53,9 @@ def build_application(
         health_check_period_s=server_options.health_check_period_s,
         health_check_timeout_s=server_options.health_check_timeout_s,
         graceful_shutdown_timeout_s=server_options.graceful_shutdown_timeout_s,
+        # One access-log line per call costs the replica's thread more than a batch's worth
+        # of requests; the replica logs one line per batch, with its requests' ids.
+        logging_config={"enable_access_log": False},
     )(Blip2Server)
     ingress_options = config.ingress_deployment
     ingress = serve.deployment(
@@ -74,4 +77,10 @@ def build_application(
         server_options.batch_timeout_s,
         model_factory,
     )
-    return ingress.bind(server, model_options, config.limits, config.auth)
+    return ingress.bind(
+        server,
+        model_options,
+        config.limits,
+        config.auth,
+        ingress_options.model_calls_per_replica,
+    )

@@ -170,6 +170,14 @@ class IngressDeploymentConfig(StrictModel):
     max_queued_requests: int = Field(
         1024, ge=-1, description="Last-resort queue at the proxy; -1 means unbounded."
     )
+    model_calls_per_replica: int = Field(
+        1,
+        ge=1,
+        description="Calls to the model deployment one ingress replica keeps out per running "
+        "model replica; further requests wait for a call to come back and then go together, "
+        "one call per group of up to max_batch_size. A full group never waits, so a backlog "
+        "reaches the model replicas (and their autoscaling) as full groups.",
+    )
     autoscaling_config: dict[str, Any] = Field(
         default_factory=lambda: {"min_replicas": 1, "max_replicas": 1}
     )

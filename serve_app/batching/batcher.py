@@ -1,15 +1,17 @@
 """``RequestBatcher``: ``@serve.batch`` in front of a ``BatchScheduler``, set by one config.
 
-``@serve.batch`` gathers concurrent requests (``max_batch_size``, ``batch_wait_timeout_s``)
-and hands each batch to the scheduler, which runs the model one batch at a time, merging
-batches that formed while the model was busy. ``configure`` applies a ``BatchingConfig`` to
-both at once, live.
+Requests reach the scheduler three ways. One that finds the model idle starts at once: waiting
+for company would only delay it. Single requests that arrive while the model is busy gather in
+``@serve.batch`` (``max_batch_size``, ``batch_wait_timeout_s``). A group sent in one call (the
+ingress's unit under load) joins the scheduler's queue as it is. The scheduler runs the model
+one batch at a time, merging what waits while the model is busy. ``configure`` applies a
+``BatchingConfig`` to both at once, live.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from ray import serve
@@ -77,12 +79,30 @@ class RequestBatcher:
         A caller who goes away cancels its share: dropped unrun, or its row stops early.
         """
         stream = RequestStream()
+        queued = QueuedRequest(request, stream)
         try:
-            await self._enqueue(QueuedRequest(request, stream))
+            if self._scheduler.idle:
+                self._scheduler.submit([queued])
+            else:
+                await self._enqueue(queued)
             async for event in stream:
                 yield event
         except (asyncio.CancelledError, GeneratorExit):
             stream.cancel()
+            raise
+
+    async def outcomes(self, requests: Sequence[ModelRequest]) -> list[Outcome]:
+        """The outcomes of a group of requests, queued together at once (no batch wait).
+
+        A caller who goes away cancels the whole group.
+        """
+        group = [QueuedRequest(request, RequestStream()) for request in requests]
+        self._scheduler.submit(group)
+        try:
+            return [await queued.stream.outcome() for queued in group]
+        except asyncio.CancelledError:
+            for queued in group:
+                queued.stream.cancel()
             raise
 
     @_batched(DEFAULTS)

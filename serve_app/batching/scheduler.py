@@ -61,6 +61,13 @@ class BatchScheduler:
         self._groups: deque[deque[QueuedRequest]] = deque()
         self._work = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._running = False
+
+    @property
+    def idle(self) -> bool:
+        """Whether no batch is running and none is waiting: a request submitted now starts at
+        once."""
+        return not self._running and not self._groups
 
     def submit(self, queued: Sequence[QueuedRequest]) -> None:
         """Queue a group of requests; their outcomes arrive on their streams."""
@@ -76,7 +83,11 @@ class BatchScheduler:
             if not self._groups:
                 self._work.clear()
             if batch:
-                await self._run(batch)
+                self._running = True
+                try:
+                    await self._run(batch)
+                finally:
+                    self._running = False
 
     def _next_batch(self) -> list[QueuedRequest]:
         batch: list[QueuedRequest] = []

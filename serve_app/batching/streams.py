@@ -39,6 +39,13 @@ class RequestStream:
         """The caller went away: the request is not run, or its row stops early."""
         self.cancelled = True
 
+    async def outcome(self) -> Outcome:
+        """Wait for the request's outcome, skipping any text."""
+        while True:
+            event = await self._events.get()
+            if not isinstance(event, str):
+                return event
+
     async def __aiter__(self) -> AsyncIterator[str | Outcome]:
         """Text deltas (those that piled up merged into one), then the outcome."""
         while True:

@@ -41,9 +41,11 @@ class Blip2Ingress(Blip2Handlers):
         model_options: ModelConfig,
         limits: LimitsConfig,
         auth: AuthConfig,
+        model_calls_per_replica: int,
     ) -> None:
         require_auth_when_exposed(serve_http_host(), auth)
-        super().__init__(ModelClient(model), model_options, limits, IngressMetrics())
+        client = ModelClient(model, model_calls_per_replica)
+        super().__init__(client, model_options, limits, IngressMetrics())
         self._auth = BearerAuth.from_config(auth)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -65,6 +65,8 @@ class Blip2Server:
             self._run_model, max_ongoing_requests, self._metrics.observe_waits
         )
         self._batch_sizes: Counter[int] = Counter()
+        self._group_sizes: Counter[int] = Counter()
+        self._generate_cpu_s = 0.0
         self._health = ReplicaHealth(batch_timeout_s)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -84,6 +86,15 @@ class Blip2Server:
             raise GenerationFailedError("the model returned no result for this request")
         return outcome
 
+    async def generate_group(self, requests: list[ModelRequest]) -> list[ModelResult | Exception]:
+        """Generate for a group of requests sent in one call; one outcome per request, in order.
+
+        The group joins the queue at once (it waits for no more company) and may share batches
+        with other traffic; a request's failure is its own outcome, not the group's.
+        """
+        self._group_sizes[len(requests)] += 1
+        return await self._batcher.outcomes(requests)
+
     async def generate_stream(self, request: ModelRequest) -> AsyncIterator[str | ModelResult]:
         """Yield the request's text as it is generated, then its ``ModelResult``.
 
@@ -102,6 +113,16 @@ class Blip2Server:
         """How many batches of each size this replica has run (for tests and diagnostics)."""
         return dict(self._batch_sizes)
 
+    def group_size_counts(self) -> dict[int, int]:
+        """How many grouped calls of each size this replica has received (for tests and
+        diagnostics)."""
+        return dict(self._group_sizes)
+
+    def generate_cpu_seconds(self) -> float:
+        """CPU seconds the generating thread has spent inside the model's ``generate`` (the
+        rest of the replica's CPU is the cost of serving; for benchmarks and diagnostics)."""
+        return self._generate_cpu_s
+
     def check_health(self) -> None:
         """Serve's health probe: a replica whose requests mostly fail in the model, or whose
         batch hangs, is replaced."""
@@ -113,9 +134,11 @@ class Blip2Server:
     ) -> list[ModelResult | Exception]:
         """Generate in a worker thread; a batch that fails as a whole fails each request."""
         started = time.perf_counter()
+        logger.info("Batch of %d: %s", len(requests), " ".join(r.request_id for r in requests))
         self._batch_sizes[len(requests)] += 1
         self._metrics.batch_size.observe(len(requests))
         self._health.batch_started()
+        cpu_started = time.thread_time()
         try:
             results = self._model.generate(requests, observer)
         except Exception:
@@ -125,6 +148,7 @@ class Blip2Server:
             self._health.batch_finished([failure] * len(requests))
             return [failure] * len(requests)
         finally:
+            self._generate_cpu_s += time.thread_time() - cpu_started
             self._metrics.generate_time.observe(time.perf_counter() - started)
         public = [self._public(result) for result in results]
         self._health.batch_finished(public)

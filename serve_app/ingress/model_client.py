@@ -7,7 +7,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.context import _get_serve_request_context
 from ray.serve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
@@ -15,6 +17,8 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.batching.groups import CallGroups
+from serve_app.config import DEFAULT_MAX_BATCH_SIZE
 from serve_app.contract.errors import (
     GenerationFailedError,
     ModelOverloadedError,
@@ -81,30 +85,72 @@ async def call_with_retry(send: Callable[[], Awaitable[ResultT]]) -> ResultT:
         raise as_service_error(exc) from None
 
 
-class ModelClient:
-    """The model deployment as the ingress calls it: typed calls, typed errors, one retry."""
+REPLICAS_REFRESH_S = 5.0
+"""How often an ingress replica re-reads how many model replicas run, to size its calls."""
 
-    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+
+def running_replicas(app_name: str, deployment_name: str) -> int:
+    """How many replicas of a deployment Serve reports running (a blocking controller call)."""
+    app = serve.status().applications.get(app_name)
+    deployment = app.deployments.get(deployment_name) if app else None
+    states = deployment.replica_states if deployment else {}
+    return sum(count for state, count in states.items() if state == "RUNNING")
+
+
+class ModelClient:
+    """The model deployment as the ingress calls it: typed calls, typed errors, one retry.
+
+    Concurrent requests share calls (``CallGroups``): one call per group of up to the model's
+    ``max_batch_size``, with at most ``calls_per_replica`` calls out per running model replica
+    before requests wait for one to come back.
+    """
+
+    def __init__(self, handle: DeploymentHandle[Any], calls_per_replica: int) -> None:
         self._handle = handle
         self._streaming = handle.options(stream=True)
+        self._calls_per_replica = calls_per_replica
+        self._groups: CallGroups[ModelRequest, ModelResult] = CallGroups(
+            self._send_group, DEFAULT_MAX_BATCH_SIZE, calls_per_replica
+        )
+        self._follower: asyncio.Task[None] | None = None
 
     async def generate(self, request: ModelRequest) -> ModelResult:
-        """Generate for one request (it is batched with the others in flight)."""
-        result: ModelResult = await call_with_retry(
-            lambda: until_done(self._handle.generate.remote(request))
-        )
-        return result
+        """Generate for one request (it shares a call, and a batch, with others in flight)."""
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow_replicas())
+        request_id = _get_serve_request_context().request_id
+        return await self._groups.call(request.model_copy(update={"request_id": request_id}))
 
     async def open_stream(self, request: ModelRequest) -> tuple[ModelStream, str | ModelResult]:
         """Start a streamed generation: the stream and its first event (text or the result)."""
         return await call_with_retry(lambda: self._open_stream(request))
 
     async def describe(self) -> ReplicaInfo:
-        """What a model replica serves, and its live batching settings."""
+        """What a model replica serves, and its live batching settings (groups follow them)."""
         info: ReplicaInfo = await call_with_retry(
             lambda: until_done(self._handle.describe.remote())
         )
+        self._groups.max_group_size = info.batching.max_batch_size
         return info
+
+    async def _send_group(self, requests: list[ModelRequest]) -> list[ModelResult | Exception]:
+        results: list[ModelResult | Exception] = await call_with_retry(
+            lambda: until_done(self._handle.generate_group.remote(requests))
+        )
+        return results
+
+    async def _follow_replicas(self) -> None:
+        """Allow ``calls_per_replica`` calls out per running model replica, so that every
+        replica has a group to work on while partial groups wait at the ingress."""
+        app, deployment = self._handle.app_name, self._handle.deployment_name
+        while True:
+            try:
+                running = await asyncio.to_thread(running_replicas, app, deployment)
+            except Exception:  # the controller is briefly unreachable: keep the last count
+                logger.debug("Could not read the model replicas' count", exc_info=True)
+            else:
+                self._groups.max_in_flight = self._calls_per_replica * max(1, running)
+            await asyncio.sleep(REPLICAS_REFRESH_S)
 
     async def _open_stream(self, request: ModelRequest) -> tuple[ModelStream, str | ModelResult]:
         stream: Any = self._streaming.generate_stream.remote(request)

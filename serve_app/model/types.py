@@ -36,6 +36,7 @@ class ModelRequest(BaseModel):
     image: np.ndarray[Any, np.dtype[np.uint8]]
     params: GenerationParams = Field(default_factory=GenerationParams)
     stream: bool = Field(False, description="Report text as it is generated.")
+    request_id: str = Field("", description="The caller's request id, for the replica's logs.")
 
 
 class ModelResult(BaseModel):

@@ -97,6 +97,30 @@ def test_batches_run_full_under_sustained_load_even_with_no_batch_wait(serve_url
     assert in_full_batches >= 0.75 * served, new_batches
 
 
+def test_concurrent_requests_reach_the_model_in_grouped_calls(serve_url: str) -> None:
+    """The ingress sends requests that wait for the model together: far fewer calls than
+    requests, every request answered once."""
+    run_app(slow_fake_model, {}, batching={"max_batch_size": 4, "batch_wait_timeout_s": 0})
+    server = serve.get_deployment_handle("Blip2Server", APP_NAME)
+    before: dict[int, int] = server.group_size_counts.remote().result()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        statuses = list(pool.map(lambda _: post_vqa(serve_url).status_code, range(4 * CLIENTS)))
+    assert set(statuses) == {200}
+    after: dict[int, int] = server.group_size_counts.remote().result()
+    groups = {size: after[size] - before.get(size, 0) for size in after}
+    calls = sum(groups.values())
+    assert sum(size * count for size, count in groups.items()) == len(statuses)
+    assert max(groups) == 4 and calls <= len(statuses) / 2, groups
+
+
+def test_a_request_that_finds_the_model_idle_does_not_wait_for_a_batch(serve_url: str) -> None:
+    run_app(slow_fake_model, {}, batching={"max_batch_size": 4, "batch_wait_timeout_s": 5})
+    post_vqa(serve_url)  # the ingress learns the model's input size once
+    started = time.monotonic()
+    assert post_vqa(serve_url).status_code == 200
+    assert time.monotonic() - started < 2.5  # a 0.3 s batch, not a 5 s batch wait
+
+
 def test_overload_is_answered_503_with_retry_after_never_a_hang(serve_url: str) -> None:
     run_app(
         slow_fake_model,

@@ -25,7 +25,7 @@ def fast_autoscaling(min_replicas: int = 1, max_replicas: int = 2) -> dict[str, 
     return {
         "min_replicas": min_replicas,
         "max_replicas": max_replicas,
-        "target_ongoing_requests": 2,
+        "target_ongoing_requests": 1,
         "upscale_delay_s": 1,
         "downscale_delay_s": 3,
         "metrics_interval_s": 0.5,

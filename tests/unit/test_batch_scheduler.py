@@ -1,15 +1,19 @@
-"""``BatchScheduler``: merging batches that wait for a busy model, limits, streams, failures."""
+"""``BatchScheduler`` and ``RequestBatcher``: no wait when idle, merging batches that wait for a
+busy model, groups, limits, streams, failures."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from serve_app.batching.batcher import RequestBatcher
 from serve_app.batching.scheduler import BatchScheduler, QueuedRequest
 from serve_app.batching.streams import Outcome, RequestStream
+from serve_app.config import BatchingConfig
 from serve_app.contract.errors import GenerationFailedError
 from serve_app.model.types import GenerationObserver, ModelRequest, ModelResult
 
@@ -158,3 +162,55 @@ def test_a_batch_that_raises_fails_its_requests_and_the_next_batch_still_runs() 
     assert "device lost" not in str(failed[0])
     assert len(succeeded) == 1 and isinstance(succeeded[0], ModelResult)
     assert calls == [1, 1]
+
+
+def test_a_request_that_finds_the_model_idle_does_not_wait_for_company() -> None:
+    async def scenario() -> tuple[float, list[list[str]]]:
+        model = GatedFakeModel()
+        model.gate.set()
+        batcher = RequestBatcher(model, max_ongoing_requests=16)
+        batcher.configure(BatchingConfig(max_batch_size=8, batch_wait_timeout_s=5.0))
+        started = time.perf_counter()
+        events = [event async for event in batcher.events(queued("alone")[0].request)]
+        assert isinstance(events[-1], ModelResult)
+        return time.perf_counter() - started, model.batches
+
+    elapsed, batches = asyncio.run(scenario())
+    assert batches == [["alone"]] and elapsed < 1.0  # not the 5 s batch wait
+
+
+def test_a_group_sent_in_one_call_joins_the_queue_at_once_and_merges() -> None:
+    async def scenario() -> tuple[list[Outcome], list[list[str]]]:
+        model = GatedFakeModel()
+        batcher = RequestBatcher(model, max_ongoing_requests=16)
+        batcher.configure(BatchingConfig(max_batch_size=8, batch_wait_timeout_s=5.0))
+        busy = asyncio.create_task(batcher.outcomes([queued("busy")[0].request]))
+        await wait_for(model.started)
+        group = [q.request for q in queued("a", "b")] + [q.request for q in queued("c")]
+        waiting = asyncio.create_task(batcher.outcomes(group))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await busy
+        return await waiting, model.batches
+
+    outcomes, batches = asyncio.run(scenario())
+    assert [o.text for o in outcomes if isinstance(o, ModelResult)] == ["a", "b", "c"]
+    assert batches == [["busy"], ["a", "b", "c"]]
+
+
+def test_a_group_whose_caller_leaves_is_not_run() -> None:
+    async def scenario() -> list[list[str]]:
+        model = GatedFakeModel()
+        batcher = RequestBatcher(model, max_ongoing_requests=16)
+        busy = asyncio.create_task(batcher.outcomes([queued("busy")[0].request]))
+        await wait_for(model.started)
+        leaving = asyncio.create_task(batcher.outcomes([q.request for q in queued("x", "y")]))
+        await asyncio.sleep(0.05)
+        leaving.cancel()
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await busy
+        await asyncio.sleep(0.05)
+        return model.batches
+
+    assert asyncio.run(scenario()) == [["busy"]]
