@@ -3,6 +3,7 @@ and a batch of them padded the way the language model expects (no Ray)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,30 +91,32 @@ class InputBuilder:
         its prompt and ``max_new_tokens`` do not fit the model (``InvalidRequestError``), or it
         makes the tokenizer or image processor fail.
         """
-        results: list[PreparedRequest | Exception | None] = [None] * len(requests)
-        valid: list[int] = []
-        for position, (_, request, _) in enumerate(requests):
-            if _is_rgb_array(request.image):
-                valid.append(position)
-            else:
-                results[position] = InvalidImageError(
-                    "image must be an RGB uint8 array of shape (height, width, 3)", "image"
-                )
-        if len(valid) > 1:
+        images_ok = [_is_rgb_array(request.image) for _, request, _ in requests]
+        valid = [item for item, ok in zip(requests, images_ok, strict=True) if ok]
+        prepared = iter(self._prepare_isolated(valid))
+        return [
+            next(prepared)
+            if ok
+            else InvalidImageError(
+                "image must be an RGB uint8 array of shape (height, width, 3)", "image"
+            )
+            for ok in images_ok
+        ]
+
+    def _prepare_isolated(
+        self, items: Sequence[tuple[int, ModelRequest, int]]
+    ) -> list[PreparedRequest | Exception]:
+        """All items in one go; if that fails, each alone, so only the culprit fails."""
+        if len(items) > 1:
+            with contextlib.suppress(Exception):
+                return self._prepare(items)
+        prepared: list[PreparedRequest | Exception] = []
+        for item in items:
             try:
-                batch = self._prepare([requests[position] for position in valid])
-            except Exception:
-                pass  # one of them breaks the batch: prepare each alone below
-            else:
-                for position, prepared in zip(valid, batch, strict=True):
-                    results[position] = prepared
-        for position in valid:
-            if results[position] is None:
-                try:
-                    results[position] = self._prepare([requests[position]])[0]
-                except Exception as exc:
-                    results[position] = exc
-        return [r if r is not None else RuntimeError("not prepared") for r in results]
+                prepared.extend(self._prepare([item]))
+            except Exception as exc:
+                prepared.append(exc)
+        return prepared
 
     def _prepare(
         self, items: Sequence[tuple[int, ModelRequest, int]]
