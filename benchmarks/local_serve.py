@@ -27,6 +27,7 @@ from benchmarks import procs
 from serve_app.app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, build_application
 from serve_app.config import TINY_RANDOM_OPT, AppConfig, BatchingConfig
 from serve_app.deployments.server import ModelFactory
+from serve_app.ingress.model_client import MODEL_REFRESH_S
 
 APP_NAME = "blip2"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +89,14 @@ def app_args(
     return args
 
 
+def set_calls_per_replica(args: dict[str, Any], calls: int | None) -> None:
+    """Set the ingress's ``model_calls_per_replica`` in app args (None: the default)."""
+    if calls is None:
+        args["ingress_deployment"].pop("model_calls_per_replica", None)
+    else:
+        args["ingress_deployment"]["model_calls_per_replica"] = calls
+
+
 def cpu_batching() -> BatchingConfig:
     """The CPU config's batching (its model deployment's ``user_config``)."""
     config = yaml.safe_load(CPU_CONFIG.read_text())
@@ -120,7 +129,8 @@ def deploy_config(args: dict[str, Any], max_batch_size: int, batch_wait_timeout_
     """Deploy like ``serve deploy`` does; a change of batching alone is applied live.
 
     Batching is the model deployment's ``user_config``: running replicas are reconfigured,
-    not restarted. Waits until the model replica reports the new settings.
+    not restarted. Waits until the model replica reports the new settings and the ingress
+    has read them.
     """
     batching = {"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s}
     schema = ServeDeploySchema.model_validate(
@@ -147,6 +157,7 @@ def deploy_config(args: dict[str, Any], max_batch_size: int, batch_wait_timeout_
             handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, APP_NAME)
             live = handle.describe.remote().result().batching.model_dump()
             if all(live[key] == value for key, value in batching.items()):
+                time.sleep(MODEL_REFRESH_S + 1)  # the ingress re-reads the batch size (groups)
                 return
         time.sleep(0.25)
     raise RuntimeError(f"the application did not run with batching {batching} in time")

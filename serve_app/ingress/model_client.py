@@ -85,8 +85,8 @@ async def call_with_retry(send: Callable[[], Awaitable[ResultT]]) -> ResultT:
         raise as_service_error(exc) from None
 
 
-REPLICAS_REFRESH_S = 5.0
-"""How often an ingress replica re-reads how many model replicas run, to size its calls."""
+MODEL_REFRESH_S = 5.0
+"""How often an ingress replica re-reads how many model replicas run and their batching."""
 
 
 def running_replicas(app_name: str, deployment_name: str) -> int:
@@ -117,7 +117,7 @@ class ModelClient:
     async def generate(self, request: ModelRequest) -> ModelResult:
         """Generate for one request (it shares a call, and a batch, with others in flight)."""
         if self._follower is None:
-            self._follower = asyncio.get_running_loop().create_task(self._follow_replicas())
+            self._follower = asyncio.get_running_loop().create_task(self._follow_model())
         request_id = _get_serve_request_context().request_id
         return await self._groups.call(request.model_copy(update={"request_id": request_id}))
 
@@ -139,18 +139,19 @@ class ModelClient:
         )
         return results
 
-    async def _follow_replicas(self) -> None:
-        """Allow ``calls_per_replica`` calls out per running model replica, so that every
-        replica has a group to work on while partial groups wait at the ingress."""
+    async def _follow_model(self) -> None:
+        """Size the calls by the model deployment as it is now: ``calls_per_replica`` calls out
+        per running replica (every replica has a group to work on while partial groups wait
+        here), groups of its live ``max_batch_size``."""
         app, deployment = self._handle.app_name, self._handle.deployment_name
         while True:
             try:
                 running = await asyncio.to_thread(running_replicas, app, deployment)
-            except Exception:  # the controller is briefly unreachable: keep the last count
-                logger.debug("Could not read the model replicas' count", exc_info=True)
-            else:
                 self._groups.max_in_flight = self._calls_per_replica * max(1, running)
-            await asyncio.sleep(REPLICAS_REFRESH_S)
+                await self.describe()
+            except Exception:  # the controller or the replicas are briefly unreachable
+                logger.debug("Could not read the model deployment's state", exc_info=True)
+            await asyncio.sleep(MODEL_REFRESH_S)
 
     async def _open_stream(self, request: ModelRequest) -> tuple[ModelStream, str | ModelResult]:
         stream: Any = self._streaming.generate_stream.remote(request)
