@@ -14,9 +14,15 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
 import uvicorn
@@ -28,6 +34,8 @@ from serve_app.config import ModelConfig
 from serve_app.contract.api import GenerationParams
 from serve_app.model.blip2 import Blip2Model
 from serve_app.model.types import ModelRequest, ModelResult
+
+STARTUP_TIMEOUT_S = 120
 
 
 class ImageData(BaseModel):
@@ -67,6 +75,50 @@ def create_app(config: ModelConfig) -> FastAPI:
         return {"answer": result.text, "model": config.name}
 
     return app
+
+
+@contextmanager
+def baseline_server(model: dict[str, Any]) -> Iterator[tuple[str, int]]:
+    """Run this server in a subprocess for ``model`` (the app args' ``model`` section); yield
+    its URL and process id once it answers."""
+    from benchmarks.local_serve import REPO_ROOT, free_port  # the server itself needs no Ray
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.baseline_server",
+        "--port",
+        str(port),
+        "--model",
+        model["model_id"],
+        "--default-max-new-tokens",
+        str(model["default_max_new_tokens"]),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(command, cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not answers(f"{url}/healthz"):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the baseline server did not start")
+            time.sleep(0.2)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def answers(url: str) -> bool:
+    """Whether ``GET url`` is answered with 200."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def main() -> None:

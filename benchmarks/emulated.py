@@ -1,8 +1,12 @@
-"""``EmulatedAcceleratorModel``: a stand-in model whose batch costs a known time, CPU-free.
+"""``EmulatedAcceleratorModel``: a stand-in model whose batch costs a known time.
 
-A batch of ``n`` takes ``fixed_ms + per_item_ms * n`` and waits in ``time.sleep`` inside the
-generation thread, as a thread waiting on a GPU does, so the service around it is measured
+A batch of ``n`` takes ``fixed_ms + per_item_ms * n``, so the service around it is measured
 against an exact limit: one replica serves at most ``max_batch_size / batch_seconds`` per second.
+By default the generation thread waits in ``time.sleep``, as a thread waiting on a GPU does. With
+``gil_share`` it is GIL-honest: the batch runs as ``steps`` decoding steps, and in each the thread
+first runs Python for ``gil_share`` of the step (thread CPU time, as Hugging Face ``generate``
+does while it launches a step's kernels), then waits for the rest. Python work elsewhere in the
+replica (the event loop, Ray, per-request code) then delays the steps, as it delays a real GPU's.
 """
 
 from __future__ import annotations
@@ -25,10 +29,27 @@ class BatchCost:
 
     fixed_ms: float = 40.0
     per_item_ms: float = 2.0
+    gil_share: float = 0.0
+    """Share of each decoding step the generating thread spends running Python."""
+    steps: int = 20
+    """Decoding steps per batch (used with ``gil_share``)."""
 
     def seconds(self, batch_size: int) -> float:
         """Seconds a batch of ``batch_size`` takes."""
         return (self.fixed_ms + self.per_item_ms * batch_size) / 1000
+
+    def run(self, batch_size: int) -> None:
+        """Take a batch's time: asleep, or step by step holding the GIL for ``gil_share``."""
+        total = self.seconds(batch_size)
+        if not self.gil_share:
+            time.sleep(total)
+            return
+        step = total / self.steps
+        for _ in range(self.steps):
+            python_until = time.thread_time() + step * self.gil_share
+            while time.thread_time() < python_until:
+                pass
+            time.sleep(step * (1 - self.gil_share))
 
     def limit_rps(self, max_batch_size: int, replicas: int = 1) -> float:
         """The most requests per second ``replicas`` can serve: full batches back to back."""
@@ -50,8 +71,8 @@ class EmulatedAcceleratorModel:
     def generate(
         self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
     ) -> list[ModelResult | Exception]:
-        """Wait the batch's time without using the CPU, then answer every request."""
-        time.sleep(self._cost.seconds(len(requests)))
+        """Take the batch's time (see ``BatchCost.run``), then answer every request."""
+        self._cost.run(len(requests))
         with self._record.open("a") as record:
             record.write(f"{len(requests)}\n")
         return [

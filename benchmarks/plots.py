@@ -93,12 +93,12 @@ def overhead(result: dict[str, Any], path: Path) -> None:
 
 
 def accelerator(result: dict[str, Any], path: Path) -> None:
-    """Achieved throughput against the limit, merged or not, per case; Poisson latency."""
+    """Achieved throughput against the limit per variant and replica count; Poisson latency."""
     figure, (rate, latency) = plt.subplots(1, 2, figsize=(13, 4.5))
     saturation = result["saturation"]
     variants = list(dict.fromkeys(p["variant"] for p in saturation))
     cases = [p for p in saturation if p["variant"] == variants[0]]
-    labels = [f"{p['replicas']} replica(s)\nwait {p['batch_wait_timeout_s']:g} s" for p in cases]
+    labels = [f"{p['replicas']} replica(s)" for p in cases]
     series = {
         variant: [p["achieved_vs_limit"] * 100 for p in saturation if p["variant"] == variant]
         for variant in variants
@@ -116,24 +116,54 @@ def accelerator(result: dict[str, Any], path: Path) -> None:
         latency.plot(offered, values, style, label=key.removesuffix("_ms"))
     latency.set_xlabel("offered load (% of one replica's limit, Poisson arrivals)")
     latency.set_ylabel("latency (ms)")
-    latency.set_title(f"one replica, open loop, wait {open_loop['batch_wait_timeout_s']:g} s")
+    latency.set_title(f"one replica, open loop, {open_loop['variant']}")
     latency.grid(alpha=0.3)
     latency.legend(fontsize=7)
     _save(figure, path, f"Emulated accelerator: a batch of n takes {result['batch_cost_ms']} ms")
 
 
 def baseline(result: dict[str, Any], path: Path) -> None:
-    """Throughput and p99 latency against concurrency, the service and the baseline."""
-    figure, (rate, latency) = plt.subplots(1, 2, figsize=(12, 4))
-    for name, points in result["servers"].items():
-        levels = [p["concurrency"] for p in points]
-        rate.plot(levels, [p["throughput_rps"] for p in points], "o-", label=name)
-        latency.plot(levels, [p["p99_ms"] for p in points], "o-", label=f"{name} p99")
-        latency.plot(levels, [p["p50_ms"] for p in points], "x:", label=f"{name} p50")
-    _log2_axes(((rate, "requests/s"), (latency, "latency (ms)")), levels, "concurrent clients")
-    rate.set_title("throughput")
-    latency.set_title("latency")
-    _save(figure, path, f"Service vs a hand-rolled FastAPI server ({result['model']})")
+    """Per model: throughput at 16 clients, latency, and CPU per request by process."""
+    points = result["points"]
+    models = list(dict.fromkeys(p["model"] for p in points if p["model"] != "no model"))
+    floor = [p for p in points if p["model"] == "no model"]
+    figure, rows = plt.subplots(len(models), 3, figsize=(16, 4.2 * len(models)), squeeze=False)
+    for (rate, latency, cpu), model in zip(rows, models, strict=True):
+        mine = [p for p in points if p["model"] == model] + floor
+        servers = list(dict.fromkeys(p["server"] for p in mine))
+        at = {(p["server"], p["concurrency"]): p for p in mine}
+        labels = [name.replace(" (", "\n(").replace(", ", ",\n") for name in servers]
+        grouped_bars(
+            rate,
+            labels,
+            {f"{c} client(s)": [at[(s, c)]["throughput_rps"] for s in servers] for c in (1, 16)},
+        )
+        rate.set_ylabel("requests/s")
+        rate.set_title(f"{model}: throughput")
+        grouped_bars(
+            latency,
+            labels,
+            {
+                "p50, 1 client": [at[(s, 1)]["p50_ms"] for s in servers],
+                "p99, 16 clients": [at[(s, 16)]["p99_ms"] for s in servers],
+            },
+        )
+        latency.set_ylabel("latency (ms)")
+        latency.set_title(f"{model}: latency")
+        rows_cpu = [
+            {
+                part: value
+                for part, value in at[(s, 16)]["cpu_ms_per_request"].items()
+                if part != "model replica outside generate"
+            }
+            for s in servers
+        ]
+        names = list(dict.fromkeys(part for row in rows_cpu for part in row))
+        palette = plt.get_cmap("tab10")
+        _stacked(cpu, labels, rows_cpu, {name: palette(i) for i, name in enumerate(names)})
+        cpu.set_xlabel("CPU ms per request, 16 clients")
+        cpu.set_title(f"{model}: where the CPU goes")
+    _save(figure, path, "Service vs a single-process server vs Serve's floor (64x64 PNG VQA)")
 
 
 def cold_start(result: dict[str, Any], path: Path) -> None:

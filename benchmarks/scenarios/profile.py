@@ -192,7 +192,7 @@ def array_bytes(kind: ImageKind) -> int:
     """Bytes of the image array one request sends to the model replica, as deployed now."""
     height, width, channels = decode_image(image_bytes(0, kind), LimitsConfig()).shape
     described = serve.get_deployment_handle(MODEL_DEPLOYMENT, APP_NAME).describe.remote().result()
-    target = described.get("image_input")
+    target = described.model.image_input
     if target is not None:
-        height, width = target["height"], target["width"]
+        height, width = target.height, target.width
     return int(height * width * channels)

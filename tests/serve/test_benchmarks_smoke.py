@@ -12,8 +12,10 @@ from tests.support.serving import REPO_ROOT
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_batching_scenario_writes_its_results(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "benchmarks.run", "batching", "--quick"]
+def test_baseline_scenario_writes_its_results(tmp_path: Path) -> None:
+    """The scenario behind the README's table (quick: the single-process server, the service
+    and Serve's floor, at 1 and 16 clients)."""
+    command = [sys.executable, "-m", "benchmarks.run", "baseline", "--quick"]
     finished = subprocess.run(
         [*command, "--results", str(tmp_path)],
         cwd=REPO_ROOT,
@@ -22,10 +24,16 @@ def test_batching_scenario_writes_its_results(tmp_path: Path) -> None:
         timeout=280,
     )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    result = json.loads((tmp_path / "batching.json").read_text())
-    assert [point["max_batch_size"] for point in result["points"]] == [1, 4]
+    result = json.loads((tmp_path / "baseline.json").read_text())
+    measured = {(p["server"], p["concurrency"]) for p in result["points"]}
+    servers = {server for server, _ in measured}
+    assert len(servers) == 3 and measured == {(s, c) for s in servers for c in (1, 16)}
     for point in result["points"]:
-        assert point["ok"] > 0
-        assert set(point["statuses"]) == {"200"}
-        assert point["batch_sizes"]
-    assert (tmp_path / "batching.png").read_bytes().startswith(PNG_MAGIC)
+        assert point["ok"] > 0 and set(point["statuses"]) == {"200"}
+        cpu = point["cpu_ms_per_request"]
+        processes = {"baseline"} if "baseline" in cpu else {"proxy", "ingress", "model"}
+        assert all(cpu[name] > 0 for name in processes), point
+    demo = result["headline"]["demo model"]
+    assert demo["16 clients, throughput vs baseline"] > 0
+    assert "16 clients, model replica CPU ms per request outside generate" in demo
+    assert (tmp_path / "baseline.png").read_bytes().startswith(PNG_MAGIC)
