@@ -17,8 +17,8 @@ from benchmarks.settings import RESULTS_DIR, Settings
 SCENARIOS = {
     "batching": "max_batch_size 1-16 and the wait timeout at concurrency 16 (CPU model)",
     "overhead": "the same model and batch policy in process vs through the service",
-    "accelerator": "emulated accelerator: achieved vs exact throughput limit, 1 and 2 replicas",
-    "baseline": "the service vs a single-process FastAPI + uvicorn server at 1, 4, 16 clients",
+    "accelerator": "emulated accelerator (asleep or GIL-holding): achieved vs exact limit",
+    "baseline": "the service vs a single-process server vs Serve's floor, 1 and 16 clients",
     "cold-start": "from `serve run` to the first 200, split into phases",
     "profile": "where the CPU goes under load; resizing in the ingress before and after",
     "overload": "400 clients on one CPU replica, load shedding on and off",
