@@ -63,7 +63,7 @@ class IngressMetrics:
         )
         self.decode_time = Histogram(
             "blip2_image_decode_seconds",
-            description="Time to fetch (for URLs) and decode one image.",
+            description="Time to fetch (for URLs), decode and resize one image.",
             boundaries=SECONDS,
         )
 
