@@ -10,6 +10,7 @@ batch. No Ray here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -74,7 +75,10 @@ class BatchScheduler:
         self._groups.append(deque(queued))
         self._work.set()
         if self._runner is None or self._runner.done():
-            self._runner = asyncio.get_running_loop().create_task(self._run_forever())
+            # A context of its own: the runner serves every request, not the one that started it
+            # (its log lines would otherwise carry that request's id).
+            loop = asyncio.get_running_loop()
+            self._runner = loop.create_task(self._run_forever(), context=contextvars.Context())
 
     async def _run_forever(self) -> None:
         while True:
