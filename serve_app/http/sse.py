@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
-from serve_app.contract.errors import GenerationFailedError, RequestTimeoutError, ServeAppError
+from serve_app.contract.errors import ServeAppError
 from serve_app.contract.openai import ChatCompletionChunk, ChunkDelta
 from serve_app.http.errors import openai_error
 from serve_app.ingress.handlers import ChatStream
-from serve_app.ingress.model_client import as_service_error
 
 STREAM_END = "data: [DONE]\n\n"
 
@@ -33,27 +32,17 @@ async def chat_events(started: ChatStream) -> AsyncIterator[str]:
     When the client goes away, this generator is closed and the model's share of work is
     cancelled.
     """
-    completion, stream = started.completion, started.stream
-    finished = False
+    completion = started.completion
     try:
         yield event(completion.chunk(ChunkDelta(role="assistant", content="")))
-        item = started.first
-        while isinstance(item, str):
-            yield event(completion.chunk(ChunkDelta(content=item)))
-            async with asyncio.timeout_at(started.deadline):
-                item = await anext(stream)
-        finished = True
-        yield event(completion.chunk(finish_reason=item))
-        if started.include_usage:
-            yield event(completion.chunk(usage=item))
-    except TimeoutError:
-        yield error_event(RequestTimeoutError("the request did not finish in time"))
-    except Exception as exc:
-        error = as_service_error(exc)
-        if not isinstance(error, ServeAppError):
-            error = GenerationFailedError("the model failed on this request")
+        async with aclosing(started.text.events()) as events:
+            async for item in events:
+                if isinstance(item, str):
+                    yield event(completion.chunk(ChunkDelta(content=item)))
+                    continue
+                yield event(completion.chunk(finish_reason=item))
+                if started.include_usage:
+                    yield event(completion.chunk(usage=item))
+    except ServeAppError as error:
         yield error_event(error)
-    finally:
-        if not finished:
-            stream.cancel()
     yield STREAM_END

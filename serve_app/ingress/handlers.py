@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -31,9 +31,11 @@ from serve_app.contract.api import (
     VQAResponse,
 )
 from serve_app.contract.errors import (
+    GenerationFailedError,
     InvalidRequestError,
     ModelUnavailableError,
     RequestTimeoutError,
+    ServeAppError,
 )
 from serve_app.contract.openai import ChatCompletion, ChatCompletionRequest
 from serve_app.images.resize import fit_to_model_input
@@ -41,7 +43,7 @@ from serve_app.images.sources import load_image, off_loop
 from serve_app.ingress.admission import Admission
 from serve_app.ingress.availability import ModelAvailability
 from serve_app.ingress.chat import Completion, ImagePrompt, chat_prompt
-from serve_app.ingress.model_client import ModelStream
+from serve_app.ingress.model_client import ModelStream, as_service_error
 from serve_app.model.types import ModelImageInput, ModelRequest, ModelResult, ReplicaInfo
 
 ResultT = TypeVar("ResultT")
@@ -67,13 +69,51 @@ class ImageObserver(Protocol):
 
 
 @dataclass(frozen=True)
-class ChatStream:
-    """A streamed chat completion that has started: its first event came from the model."""
+class TextStream:
+    """A streamed generation that has started: its first event came from the model."""
 
-    completion: Completion
     stream: ModelStream
     first: str | ModelResult
     deadline: float
+    timeout_s: float
+
+    async def events(self) -> AsyncGenerator[str | ModelResult, None]:
+        """The text deltas as they come, then the result, within the request's deadline.
+
+        Failures arrive as the service's typed errors. Closed early (its consumer went away),
+        it cancels the model's work on the request.
+        """
+        finished = False
+        item = self.first
+        try:
+            while isinstance(item, str):
+                yield item
+                async with asyncio.timeout_at(self.deadline):
+                    item = await anext(self.stream)
+            finished = True
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request did not finish within {self.timeout_s:g} s"
+            ) from None
+        except ServeAppError:
+            raise
+        except Exception as exc:
+            error = as_service_error(exc)
+            if isinstance(error, ServeAppError):
+                raise error from exc
+            raise GenerationFailedError("the model failed on this request") from exc
+        finally:
+            if not finished:
+                self.stream.cancel()
+        yield item
+
+
+@dataclass(frozen=True)
+class ChatStream:
+    """A streamed chat completion that has started."""
+
+    completion: Completion
+    text: TextStream
     include_usage: bool
 
 
@@ -135,24 +175,19 @@ class Blip2Handlers:
 
     async def chat_stream(self, request: ChatCompletionRequest) -> ChatStream:
         """Start a streamed chat completion; errors before its first token are raised here."""
-        turn = chat_prompt(request, self._config)
-        self._check_limits(turn.text, turn.params, "messages")
-        deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_s
-
-        async def start() -> tuple[ModelStream, str | ModelResult]:
-            # A stream is backlog until its first event: the wait it shares with the others.
-            with self._admission.admitted():
-                model_request = await self._model_request(turn, stream=True)
-                return await self._ask(self._model.open_stream(model_request))
-
-        stream, first = await self._deadline(start(), deadline)
+        text = await self._open_stream(chat_prompt(request, self._config), "messages")
         options = request.stream_options
         return ChatStream(
             completion=Completion.new(self._config.name),
-            stream=stream,
-            first=first,
-            deadline=deadline,
+            text=text,
             include_usage=bool(options and options.include_usage),
+        )
+
+    async def generate_stream(self, request: GenerateRequest) -> TextStream:
+        """Start streaming the continuation of a raw prompt; errors before its first token are
+        raised here."""
+        return await self._open_stream(
+            ImagePrompt(request.image, "prompt", request.prompt, request.params)
         )
 
     async def models(self) -> ModelList:
@@ -176,6 +211,20 @@ class Blip2Handlers:
         if not await self._availability.available():
             raise ModelUnavailableError("no model replica has answered recently")
         return HealthResponse()
+
+    async def _open_stream(self, turn: ImagePrompt, text_param: str = "prompt") -> TextStream:
+        """Check the caller's limits, decode the image and wait for the model's first event."""
+        self._check_limits(turn.text, turn.params, text_param)
+        deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_s
+
+        async def start() -> tuple[ModelStream, str | ModelResult]:
+            # A stream is backlog until its first event: the wait it shares with the others.
+            with self._admission.admitted():
+                model_request = await self._model_request(turn, stream=True)
+                return await self._ask(self._model.open_stream(model_request))
+
+        stream, first = await self._deadline(start(), deadline)
+        return TextStream(stream, first, deadline, self._limits.request_timeout_s)
 
     async def _run(self, prompt: ImagePrompt, text_param: str = "prompt") -> ModelResult:
         """Check the caller's limits, then decode the image and generate within the deadline."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -10,8 +11,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from serve_app.config import ModelConfig
-from serve_app.model.types import GenerationObserver, ModelInfo, ModelRequest, ModelResult
+from serve_app.config import BatchingConfig, ModelConfig
+from serve_app.model.types import (
+    GenerationObserver,
+    ModelImageInput,
+    ModelInfo,
+    ModelRequest,
+    ModelResult,
+    ReplicaInfo,
+)
 
 
 class SlowFakeModel:
@@ -180,3 +188,38 @@ class BrokenGpuBlip2:
 def broken_gpu_blip2(config: ModelConfig) -> BrokenGpuBlip2:
     """Model factory for ``build_application``."""
     return BrokenGpuBlip2(config)
+
+
+FAKE_IMAGE_INPUT = ModelImageInput(width=16, height=16, resample=3)
+
+
+class FakeModelBackend:
+    """Stands in for the model deployment: echoes each request, records what it was sent."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.requests: list[ModelRequest] = []
+        self.described = 0
+        self._seconds = seconds
+
+    async def generate(self, request: ModelRequest) -> ModelResult:
+        self.requests.append(request)
+        await asyncio.sleep(self._seconds)
+        return ModelResult(
+            text=f"{request.task}:{request.text}", prompt_tokens=3, completion_tokens=2
+        )
+
+    async def open_stream(self, request: ModelRequest) -> tuple[Any, str | ModelResult]:
+        self.requests.append(request)
+        result = ModelResult(text="two words", prompt_tokens=3, completion_tokens=2)
+        return FakeModelStream(["words", result]), "two "
+
+    async def describe(self) -> ReplicaInfo:
+        self.described += 1
+        await asyncio.sleep(self._seconds)
+        info = ModelInfo(
+            source="fake", family="opt", dtype="float32", device="cpu", num_query_tokens=4
+        )
+        return ReplicaInfo(
+            model=info.model_copy(update={"image_input": FAKE_IMAGE_INPUT}),
+            batching=BatchingConfig(),
+        )

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from serve_app.config import BatchingConfig, LimitsConfig, ModelConfig
+from serve_app.config import LimitsConfig, ModelConfig
 from serve_app.contract.api import (
     CaptionRequest,
     GenerateRequest,
@@ -24,51 +24,12 @@ from serve_app.contract.errors import (
 from serve_app.contract.openai import ChatCompletionRequest
 from serve_app.ingress import handlers as handlers_module
 from serve_app.ingress.handlers import Blip2Handlers
-from serve_app.model.types import (
-    ModelImageInput,
-    ModelInfo,
-    ModelRequest,
-    ModelResult,
-    ReplicaInfo,
-)
-from tests.support.fakes import FakeModelStream
+from tests.support.fakes import FakeModelBackend
 from tests.support.images import image_bytes
 
 MODEL = ModelConfig(
     model_id="fake", default_max_new_tokens=8, max_new_tokens_limit=16, max_num_beams=2
 )
-INPUT = ModelImageInput(width=16, height=16, resample=3)
-
-
-class FakeModelBackend:
-    """Stands in for the model deployment: echoes each request, records what it was sent."""
-
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.requests: list[ModelRequest] = []
-        self.described = 0
-        self._seconds = seconds
-
-    async def generate(self, request: ModelRequest) -> ModelResult:
-        self.requests.append(request)
-        await asyncio.sleep(self._seconds)
-        return ModelResult(
-            text=f"{request.task}:{request.text}", prompt_tokens=3, completion_tokens=2
-        )
-
-    async def open_stream(self, request: ModelRequest) -> tuple[Any, str | ModelResult]:
-        self.requests.append(request)
-        result = ModelResult(text="two words", prompt_tokens=3, completion_tokens=2)
-        return FakeModelStream(["words", result]), "two "
-
-    async def describe(self) -> ReplicaInfo:
-        self.described += 1
-        await asyncio.sleep(self._seconds)
-        info = ModelInfo(
-            source="fake", family="opt", dtype="float32", device="cpu", num_query_tokens=4
-        )
-        return ReplicaInfo(
-            model=info.model_copy(update={"image_input": INPUT}), batching=BatchingConfig()
-        )
 
 
 def png() -> ImageSource:
@@ -185,7 +146,7 @@ def test_a_chat_stream_starts_with_its_first_event() -> None:
     model = FakeModelBackend()
     handlers = Blip2Handlers(model, MODEL, LimitsConfig())
     started = asyncio.run(handlers.chat_stream(chat(stream=True)))
-    assert started.first == "two "
+    assert started.text.first == "two "
     assert model.requests[0].stream
     assert not started.include_usage
 

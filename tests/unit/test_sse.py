@@ -9,7 +9,7 @@ from typing import Any
 from serve_app.contract.errors import ModelOverloadedError
 from serve_app.http.sse import STREAM_END, chat_events
 from serve_app.ingress.chat import Completion
-from serve_app.ingress.handlers import ChatStream
+from serve_app.ingress.handlers import ChatStream, TextStream
 from serve_app.model.types import ModelResult
 from tests.support.fakes import FakeModelStream
 
@@ -26,7 +26,8 @@ class FailingStream(FakeModelStream):
 def events(stream: FakeModelStream, first: str | ModelResult, include_usage: bool) -> list[str]:
     async def collect() -> list[str]:
         deadline = asyncio.get_running_loop().time() + 5
-        started = ChatStream(Completion.new("blip2"), stream, first, deadline, include_usage)
+        text = TextStream(stream, first, deadline, timeout_s=5)
+        started = ChatStream(Completion.new("blip2"), text, include_usage)
         return [event async for event in chat_events(started)]
 
     return asyncio.run(collect())
