@@ -1,4 +1,5 @@
-"""Async HTTP load generator (aiohttp): closed-loop concurrency or open-loop Poisson arrivals.
+"""Async load generator, over HTTP (aiohttp) or gRPC (grpc.aio): closed-loop concurrency or
+open-loop Poisson arrivals.
 
 Every run is bounded twice, by a request count and by a time limit, and stops by itself. It
 talks to loopback addresses only. Latency is measured per request from the moment it was due
@@ -26,6 +27,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
+import grpc
 import numpy as np
 from tqdm import tqdm
 
@@ -36,7 +38,8 @@ GRACE_S = 60.0
 
 @dataclass(frozen=True)
 class Call:
-    """One request to send: a path and a prepared body."""
+    """One request to send: a path and a prepared body (for gRPC: the method's path and the
+    serialized request message)."""
 
     path: str
     body: bytes
@@ -132,7 +135,8 @@ def check_loopback(base_url: str) -> None:
 
 
 class Reply(NamedTuple):
-    """A call's outcome: its status (``"200"``, ``"503"``... or an error's name) and the
+    """A call's outcome: its status (``"200"``, ``"503"``... or an error's name; a gRPC call's
+    OK is ``"200"``, RESOURCE_EXHAUSTED ``"503"``, any other code its name) and the
     ``Retry-After`` seconds it asked for, if any."""
 
     status: str
@@ -163,6 +167,32 @@ async def _over_http(base_url: str, calls: Sequence[Call], load: Load, title: st
                     return Reply(str(response.status), _retry_after_s(response.headers))
             except (aiohttp.ClientError, TimeoutError) as error:
                 return Reply(type(error).__name__)
+
+        return await drive(send, calls, load, title)
+
+
+def run_grpc_load(target: str, calls: Sequence[Call], load: Load, title: str = "") -> LoadResult:
+    """Run ``load`` over gRPC against ``target`` (``host:port``), after its warm-up."""
+    check_loopback(f"grpc://{target}")
+    return asyncio.run(_over_grpc(target, calls, load, title or load.label))
+
+
+async def _over_grpc(target: str, calls: Sequence[Call], load: Load, title: str) -> LoadResult:
+    async with grpc.aio.insecure_channel(target) as channel:
+        methods: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {
+            call.path: channel.unary_unary(call.path) for call in calls
+        }
+
+        async def send(call: Call) -> Reply:
+            try:
+                await methods[call.path](call.body, timeout=120.0)
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    trailing = dict(error.trailing_metadata() or ())
+                    return Reply("503", float(trailing.get("retry-after-ms", 0)) / 1000)
+                return Reply(code.name)
+            return Reply("200")
 
         return await drive(send, calls, load, title)
 

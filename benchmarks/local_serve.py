@@ -26,6 +26,7 @@ from ray.serve.schema import ServeDeploySchema
 from benchmarks import procs
 from serve_app.app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, build_application
 from serve_app.config import TINY_RANDOM_OPT, AppConfig, BatchingConfig
+from serve_app.deployments.ingress import serve_proxies
 from serve_app.deployments.server import ModelFactory
 from serve_app.ingress.model_client import MODEL_REFRESH_S
 
@@ -42,9 +43,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+GRPC_SERVICER = "serve_app.grpc.generated.blip2_pb2_grpc.add_Blip2ServiceServicer_to_server"
+
+
 @contextmanager
 def local_serve(num_gpus: int = 2) -> Iterator[str]:
-    """Start a private Ray (``num_gpus`` logical GPUs) and Serve; yield Serve's base URL."""
+    """Start a private Ray (``num_gpus`` logical GPUs) and Serve, its gRPC proxy on too (see
+    :func:`grpc_target`); yield Serve's base URL."""
     ray.init(
         address="local",
         num_cpus=4,
@@ -54,11 +59,22 @@ def local_serve(num_gpus: int = 2) -> Iterator[str]:
     )
     port = free_port()
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            grpc_options={"port": free_port(), "grpc_servicer_functions": [GRPC_SERVICER]},
+        )
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+
+
+def grpc_target() -> str:
+    """``host:port`` of the running Serve's gRPC proxy."""
+    _, port = serve_proxies()
+    if port is None:
+        raise RuntimeError("Serve's gRPC proxy is not on")
+    return f"127.0.0.1:{port}"
 
 
 def app_args(

@@ -1,4 +1,5 @@
-"""Deterministic synthetic images and the ``POST /v1/vqa`` bodies built from them."""
+"""Deterministic synthetic images and the ``POST /v1/vqa`` bodies (and ``Vqa`` gRPC requests)
+built from them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
+from urllib3 import encode_multipart_formdata
 
 from benchmarks.loadgen import Call
+from serve_app.grpc.generated import blip2_pb2 as pb
 
 ImageKind = Literal["small", "medium", "large"]
 SIZES: dict[ImageKind, tuple[tuple[int, int], str]] = {
@@ -20,6 +23,13 @@ SIZES: dict[ImageKind, tuple[tuple[int, int], str]] = {
 }
 """``small``: a 64x64 PNG; ``medium``: a 640x640 JPEG; ``large``: a 1024x768 JPEG, a typical
 phone photo once downscaled."""
+
+MEDIA_TYPES: dict[ImageKind, str] = {
+    "small": "image/png",
+    "medium": "image/jpeg",
+    "large": "image/jpeg",
+}
+VQA_METHOD = "/blip2.v1.Blip2Service/Vqa"
 
 QUESTIONS = (
     "What is in the picture?",
@@ -59,4 +69,33 @@ def vqa_calls(kind: ImageKind = "small", count: int = 8) -> list[Call]:
             "question": QUESTIONS[index % len(QUESTIONS)],
         }
         calls.append(Call("/v1/vqa", json.dumps(body).encode()))
+    return calls
+
+
+def grpc_vqa_calls(kind: ImageKind = "small", count: int = 8) -> list[Call]:
+    """The same questions and images as :func:`vqa_calls`, as serialized gRPC ``Vqa`` requests
+    with the images as raw bytes."""
+    return [
+        Call(
+            VQA_METHOD,
+            pb.VqaRequest(
+                question=QUESTIONS[index % len(QUESTIONS)],
+                image=pb.Image(data=image_bytes(index, kind), media_type=MEDIA_TYPES[kind]),
+            ).SerializeToString(),
+        )
+        for index in range(count)
+    ]
+
+
+def upload_calls(kind: ImageKind = "small", count: int = 8) -> list[Call]:
+    """The same questions and images as :func:`vqa_calls`, as multipart uploads (raw bytes)."""
+    calls = []
+    for index in range(count):
+        body, content_type = encode_multipart_formdata(
+            [
+                ("question", QUESTIONS[index % len(QUESTIONS)]),
+                ("image", (f"{index}.img", image_bytes(index, kind), MEDIA_TYPES[kind])),
+            ]
+        )
+        calls.append(Call("/v1/vqa", body, content_type))
     return calls

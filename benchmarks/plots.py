@@ -305,3 +305,36 @@ def overload(result: dict[str, Any], path: Path) -> None:
     latency.set_title("latency")
     latency.legend(fontsize=7)
     _save(figure, path, f"Overload on one CPU model replica ({result['model']})")
+
+
+def grpc_vs_http(result: dict[str, Any], path: Path) -> None:
+    """Per protocol: throughput, latency, and CPU per request by process at 16 clients."""
+    points = result["points"]
+    protocols = list(dict.fromkeys(p["protocol"] for p in points))
+    at = {(p["protocol"], p["concurrency"]): p for p in points}
+    labels = [name.replace(", ", ",\n") for name in protocols]
+    figure, (rate, latency, cpu) = plt.subplots(1, 3, figsize=(16, 4.5))
+    grouped_bars(
+        rate,
+        labels,
+        {f"{c} client(s)": [at[(p, c)]["throughput_rps"] for p in protocols] for c in (1, 16)},
+    )
+    rate.set_ylabel("requests/s")
+    rate.set_title("throughput")
+    grouped_bars(
+        latency,
+        labels,
+        {
+            "p50, 1 client": [at[(p, 1)]["p50_ms"] for p in protocols],
+            "p99, 16 clients": [at[(p, 16)]["p99_ms"] for p in protocols],
+        },
+    )
+    latency.set_ylabel("latency (ms)")
+    latency.set_title("latency")
+    rows = [at[(p, 16)]["cpu_ms_per_request"] for p in protocols]
+    names = list(dict.fromkeys(part for row in rows for part in row))
+    palette = plt.get_cmap("tab10")
+    _stacked(cpu, labels, rows, {name: palette(i) for i, name in enumerate(names)})
+    cpu.set_xlabel("CPU ms per request, 16 clients")
+    cpu.set_title("where the CPU goes")
+    _save(figure, path, f"gRPC vs HTTP, the same questions ({result['model']}, 64x64 PNG)")

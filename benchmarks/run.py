@@ -19,6 +19,7 @@ SCENARIOS = {
     "overhead": "the same model and batch policy in process vs through the service",
     "accelerator": "emulated accelerator (asleep or GIL-holding): achieved vs exact limit",
     "baseline": "the service vs a single-process server vs Serve's floor, 1 and 16 clients",
+    "grpc-vs-http": "the same questions over gRPC and HTTP: CPU and latency, 1 and 16 clients",
     "cold-start": "from `serve run` to the first 200, split into phases",
     "profile": "where the CPU goes under load; resizing in the ingress before and after",
     "overload": "400 clients on one CPU replica, load shedding on and off",

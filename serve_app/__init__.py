@@ -17,10 +17,12 @@ from serve_app.contract.api import (
     VQAResponse,
 )
 from serve_app.contract.errors import ServeAppError
+from serve_app.grpc.client import Blip2GrpcClient
 
 __all__ = [
     "AppConfig",
     "BatchingConfig",
+    "Blip2GrpcClient",
     "CaptionRequest",
     "CaptionResponse",
     "GenerateRequest",

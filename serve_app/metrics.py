@@ -98,3 +98,18 @@ class HttpMetrics:
     def count_error(self, endpoint: str, code: str) -> None:
         """Count an error response by endpoint and error code."""
         self.errors.inc(tags={"endpoint": endpoint, "code": code})
+
+
+class GrpcMetrics:
+    """What the ingress reports about gRPC calls (Serve's proxy counts them by status)."""
+
+    def __init__(self) -> None:
+        self.errors = Counter(
+            "blip2_grpc_errors",
+            description="Failed gRPC calls by method and error code.",
+            tag_keys=_tags("method", "code"),
+        )
+
+    def count_error(self, method: str, code: str) -> None:
+        """Count a failed call by method and error code."""
+        self.errors.inc(tags={"method": method, "code": code})

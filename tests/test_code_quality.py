@@ -19,6 +19,7 @@ CHECKS = {
         "tests",
         "examples",
         "benchmarks",
+        "proto",
     ],
     "ruff format": [
         sys.executable,
@@ -30,6 +31,7 @@ CHECKS = {
         "tests",
         "examples",
         "benchmarks",
+        "proto",
     ],
     "mypy": [sys.executable, "-m", "mypy"],
 }

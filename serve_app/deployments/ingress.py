@@ -1,36 +1,41 @@
-"""``Blip2Ingress``: the CPU ingress deployment, serving HTTP and typed handle calls alike."""
+"""``Blip2Ingress``: the CPU ingress deployment, serving HTTP, gRPC and typed handle calls."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import ray
 from fastapi import FastAPI
 from ray import serve
+from ray.serve.config import gRPCOptions
 from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AuthConfig, LimitsConfig, ModelConfig
+from serve_app.grpc.service import Blip2GrpcService
 from serve_app.http.app import make_http_app
 from serve_app.ingress.auth import BearerAuth, require_auth_when_exposed
-from serve_app.ingress.handlers import Blip2Handlers
 from serve_app.ingress.model_client import ModelClient
-from serve_app.metrics import HttpMetrics, IngressMetrics
+from serve_app.metrics import GrpcMetrics, HttpMetrics, IngressMetrics
 
 
-def serve_http_host() -> str:
-    """The address Serve's HTTP proxies listen on (its ``http_options.host``)."""
+def serve_proxies() -> tuple[str, int | None]:
+    """Where Serve's proxies listen: the HTTP host, and the gRPC port if gRPC is on."""
     client = _get_global_client()
     if client is None:
         raise RuntimeError("Serve is not running")
-    return str(client.http_config.host)
+    grpc_options: gRPCOptions = ray.get(client._controller.get_grpc_config.remote())
+    grpc_on = grpc_options.port > 0 and bool(grpc_options.grpc_servicer_functions)
+    return str(client.http_config.host), grpc_options.port if grpc_on else None
 
 
 @serve.ingress()
-class Blip2Ingress(Blip2Handlers):
+class Blip2Ingress(Blip2GrpcService):
     """Validates requests, decodes images and forwards typed requests to the model.
 
-    Its handlers serve both edges: HTTP routes (built per replica by ``make_http_app``) and
-    Python callers holding the application's handle, for whom every handler is a method:
+    Its handlers serve every edge: HTTP routes (built per replica by ``make_http_app``), the
+    RPCs of ``blip2.v1.Blip2Service`` through Serve's gRPC proxy, and Python callers holding
+    the application's handle, for whom every handler is a method:
     ``handle.vqa.remote(VQARequest(...))`` returns a ``VQAResponse``, and errors arrive as the
     typed exceptions of ``serve_app.contract.errors``.
     """
@@ -43,11 +48,17 @@ class Blip2Ingress(Blip2Handlers):
         auth: AuthConfig,
         model_calls_per_replica: int,
     ) -> None:
-        require_auth_when_exposed(serve_http_host(), auth)
+        require_auth_when_exposed(auth, *serve_proxies())
         client = ModelClient(model, model_calls_per_replica)
-        super().__init__(client, model_options, limits, IngressMetrics())
-        self._auth = BearerAuth.from_config(auth)
+        super().__init__(
+            client,
+            model_options,
+            limits,
+            IngressMetrics(),
+            BearerAuth.from_config(auth),
+            GrpcMetrics(),
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """This replica's HTTP app (Serve calls it once, after the constructor)."""
-        return make_http_app(self, self._auth, HttpMetrics())
+        return make_http_app(self, self.auth, HttpMetrics())

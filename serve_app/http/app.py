@@ -29,7 +29,6 @@ from serve_app.http.metrics import HttpMetricsMiddleware, endpoint_of
 from serve_app.http.openapi import install_openapi, json_body, request_body
 from serve_app.http.routes import IMAGE_ROUTES, ImageRoute
 from serve_app.http.sse import chat_events
-from serve_app.images.url_fetch import FETCH_OWNER
 from serve_app.ingress.auth import BearerAuth
 from serve_app.ingress.handlers import Blip2Handlers
 from serve_app.metrics import HttpMetrics
@@ -58,8 +57,7 @@ def make_http_app(
 
     def authorize(authorization: HTTPAuthorizationCredentials | None) -> None:
         if auth is not None:
-            key_id = auth.check(None if authorization is None else authorization.credentials)
-            FETCH_OWNER.set(key_id)  # this request's image URLs count against its token
+            auth.authorize(None if authorization is None else authorization.credentials)
 
     for route in IMAGE_ROUTES:
         app.post(

@@ -1,4 +1,4 @@
-"""Bearer-token authentication of HTTP callers, compared in constant time."""
+"""Bearer-token authentication of HTTP and gRPC callers, compared in constant time."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from serve_app.config import AuthConfig
 from serve_app.contract.errors import AuthenticationError
+from serve_app.images.url_fetch import FETCH_OWNER
 
 
 def _digest(token: str) -> bytes:
@@ -61,21 +62,48 @@ class BearerAuth:
             raise AuthenticationError("a valid bearer token is required")
         return presented.hex()[:16]
 
+    def authorize(self, token: str | None) -> None:
+        """Check a caller's token; the image URLs of its request then count against it."""
+        FETCH_OWNER.set(self.check(token))
 
-def require_auth_when_exposed(host: str, config: AuthConfig) -> None:
-    """Refuse to serve anonymously on an address other hosts can reach, unless allowed.
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value (the scheme in any case)."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def require_auth_when_exposed(config: AuthConfig, http_host: str, grpc_port: int | None) -> None:
+    """Refuse to serve anonymously where other hosts can connect, unless allowed.
+
+    Args:
+        config: The authentication settings.
+        http_host: The address Serve's HTTP proxies listen on.
+        grpc_port: The port of Serve's gRPC proxies, if they serve this application; they
+            listen on every address (Serve has no host setting for them).
 
     Raises:
-        ValueError: ``host`` is not a loopback address, no token source is configured and
-            ``allow_anonymous`` is not set.
+        ValueError: A proxy listens where other hosts can reach it, no token source is
+            configured and ``allow_anonymous`` is not set.
     """
-    if config.enabled or config.allow_anonymous or is_loopback(host):
+    if config.enabled or config.allow_anonymous:
         return
-    raise ValueError(
-        f"the HTTP proxy listens on {host!r}, which other hosts can reach, and no API key is "
-        "configured: set auth.api_keys_env or auth.api_keys_file, or auth.allow_anonymous: true "
-        "to serve anyone who can connect"
+    fix = (
+        "set auth.api_keys_env or auth.api_keys_file, or auth.allow_anonymous: true to serve "
+        "anyone who can connect"
     )
+    if not is_loopback(http_host):
+        raise ValueError(
+            f"the HTTP proxy listens on {http_host!r}, which other hosts can reach, and no API "
+            f"key is configured: {fix}"
+        )
+    if grpc_port is not None:
+        raise ValueError(
+            f"the gRPC proxy listens on port {grpc_port} of every address (Serve has no host "
+            f"setting for it) and no API key is configured: {fix}"
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -66,7 +66,19 @@ def test_kuberay_serve_config_is_the_production_config() -> None:
     assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
     served = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(served)
-    assert served["applications"] == load_config("serve_config.yaml")["applications"]
+    production = load_config("serve_config.yaml")
+    assert served["applications"] == production["applications"]
+    assert served["grpc_options"] == production["grpc_options"]
+
+
+def test_kuberay_exposes_grpc_and_caps_its_messages_on_every_pod() -> None:
+    cluster = kuberay_manifest()["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"containerPort": 9000, "name": "serve-grpc"} in head["ports"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        (container,) = group["template"]["spec"]["containers"]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == "16777216"
 
 
 def test_kuberay_gpu_workers_carry_the_resource_and_the_head_has_no_gpu() -> None:

@@ -1,5 +1,6 @@
-"""The CPU config serves the demo model: right answers over HTTP and through the handle API,
-and the folder-captioning example, run as a separate Ray driver, against the same application."""
+"""The CPU config serves the demo model: right answers over HTTP, over gRPC and through the
+handle API, and the folder-captioning example, run as a separate Ray driver, against the same
+application."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ray import serve
 
 from serve_app.contract.api import CaptionRequest, ImageSource, VQARequest, VQAResponse
 from serve_app.demo.task import Example, judge, sample
+from serve_app.grpc.client import Blip2GrpcClient
 from serve_app.model.builtin import DEMO_SHAPES
 from tests.support.demo import accuracy_bar
 from tests.support.images import image_bytes
@@ -27,6 +29,7 @@ from tests.support.serving import REPO_ROOT, deploy_config, fit_for_tests, load_
 
 HTTP_SEED = 201
 HANDLE_SEED = 202
+GRPC_SEED = 203
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +68,24 @@ def test_answers_over_http_are_right(url: str) -> None:
         texts = list(pool.map(lambda pair: ask_over_http(url, *pair), enumerate(examples)))
     right = sum(judge(example, text) for example, text in zip(examples, texts, strict=True))
     assert right / len(examples) >= accuracy_bar(), list(zip(examples, texts, strict=True))
+
+
+def test_answers_over_grpc_are_right(url: str, grpc_target: str) -> None:
+    examples = sample(GRPC_SEED, 20)
+    with Blip2GrpcClient(grpc_target) as client:
+
+        def ask(example: Example) -> str:
+            if example.family == "caption":
+                return client.caption(png(example)).caption
+            return client.vqa(png(example), example.question).answer
+
+        with ThreadPoolExecutor(4) as pool:
+            texts = list(pool.map(ask, examples))
+        readme_example = REPO_ROOT / "examples" / "images" / "shapes-1.png"
+        answer = client.vqa(readme_example, "How many circles are there?")
+    right = sum(judge(example, text) for example, text in zip(examples, texts, strict=True))
+    assert right / len(examples) >= accuracy_bar(), list(zip(examples, texts, strict=True))
+    assert (answer.answer, answer.model) == ("three", DEMO_SHAPES)
 
 
 @ray.remote(num_cpus=0)

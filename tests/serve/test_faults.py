@@ -9,10 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import requests
 from ray import serve
 
 from tests.support.fakes import broken_gpu_blip2, faulty_fake_model
+from tests.support.grpc_calls import call_vqa, vqa_request
 from tests.support.images import image_bytes
 from tests.support.serving import APP_NAME, run_app, running_replicas, wait_until
 
@@ -53,12 +55,20 @@ def test_requests_on_a_replica_that_dies_are_retried_on_another(
     assert ask(serve_url, "after").status_code == 200
 
 
-def test_a_request_that_kills_every_replica_gets_503_not_a_hang(serve_url: str) -> None:
+def test_a_request_that_kills_every_replica_gets_503_not_a_hang(
+    serve_url: str, grpc_target: str
+) -> None:
     run_faulty(replicas=2)
-    response = ask(serve_url, "crash-always")
+    with ThreadPoolExecutor(2) as pool:
+        over_grpc = pool.submit(call_vqa, grpc_target, vqa_request("crash-always"))
+        response = ask(serve_url, "crash-always")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     assert response.json()["error"]["code"] == "model_unavailable"
+    outcome = over_grpc.result()
+    assert outcome.code == grpc.StatusCode.UNAVAILABLE
+    assert outcome.trailing == {"error-code": "model_unavailable", "retry-after-ms": "1000"}
+    assert outcome.request_id  # Serve's, as over HTTP: the call can be found in the logs
     wait_until(lambda: running_replicas("Blip2Server") == 2, 90, "replicas to be replaced")
     assert ask(serve_url, "after").status_code == 200
 
@@ -69,7 +79,7 @@ def batch_sizes() -> dict[int, int]:
     return counts
 
 
-def test_a_replica_whose_batches_keep_failing_is_replaced(serve_url: str) -> None:
+def test_a_replica_whose_batches_keep_failing_is_replaced(serve_url: str, grpc_target: str) -> None:
     run_faulty(replicas=1, health_check_period_s=0.5, health_check_timeout_s=5)
     for _ in range(3):
         response = ask(serve_url, "break-batch")
@@ -78,6 +88,12 @@ def test_a_replica_whose_batches_keep_failing_is_replaced(serve_url: str) -> Non
         assert error["code"] == "generation_failed"
         assert "0xdeadbeef" not in response.text and "/opt/secret" not in response.text
         assert "Traceback" not in response.text
+    outcome = call_vqa(grpc_target, vqa_request("break-batch"))
+    assert (outcome.code, outcome.trailing) == (
+        grpc.StatusCode.INTERNAL,
+        {"error-code": "generation_failed"},
+    )
+    assert "0xdeadbeef" not in outcome.details and "Traceback" not in outcome.details
     assert sum(batch_sizes().values()) >= 3
     # The failing replica reports itself unhealthy and Serve starts a fresh one.
     wait_until(lambda: batch_sizes() == {}, 60, "the unhealthy replica to be replaced")

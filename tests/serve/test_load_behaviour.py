@@ -13,10 +13,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import requests
 from ray import serve
 
 from tests.support.fakes import slow_fake_model
+from tests.support.grpc_calls import call_vqa, vqa_request
 from tests.support.images import image_bytes
 from tests.support.serving import (
     APP_NAME,
@@ -121,7 +123,9 @@ def test_a_request_that_finds_the_model_idle_does_not_wait_for_a_batch(serve_url
     assert time.monotonic() - started < 2.5  # a 0.3 s batch, not a 5 s batch wait
 
 
-def test_overload_is_answered_503_with_retry_after_never_a_hang(serve_url: str) -> None:
+def test_overload_is_answered_503_with_retry_after_never_a_hang(
+    serve_url: str, grpc_target: str
+) -> None:
     run_app(
         slow_fake_model,
         {
@@ -134,19 +138,26 @@ def test_overload_is_answered_503_with_retry_after_never_a_hang(serve_url: str) 
         batching={"max_batch_size": 2, "batch_wait_timeout_s": 0},
     )
     requests_sent = 60
-    with ThreadPoolExecutor(30) as pool:
-        responses = list(
-            pool.map(
-                lambda _: requests.post(f"{serve_url}/v1/vqa", json=BODY, timeout=60),
-                range(requests_sent),
-            )
-        )
+    with ThreadPoolExecutor(40) as pool:
+        over_http, over_grpc = [], []
+        for _ in range(requests_sent // 3):  # two over HTTP, one over gRPC, and again
+            for _ in range(2):
+                post = pool.submit(requests.post, f"{serve_url}/v1/vqa", json=BODY, timeout=60)
+                over_http.append(post)
+            over_grpc.append(pool.submit(call_vqa, grpc_target, vqa_request("q")))
+        responses = [future.result() for future in over_http]
+        outcomes = [future.result() for future in over_grpc]
     statuses = [r.status_code for r in responses]
-    assert len(statuses) == requests_sent
+    assert len(statuses) == requests_sent * 2 // 3
     assert set(statuses) == {200, 503}, statuses
     for rejected in (r for r in responses if r.status_code == 503):
         assert rejected.headers["Retry-After"] == "1"
         assert rejected.json()["error"]["code"] == "overloaded"
+    codes = {outcome.code for outcome in outcomes}
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, outcomes
+    assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, outcomes
+    for refused in (o for o in outcomes if o.code != grpc.StatusCode.OK):
+        assert refused.trailing == {"error-code": "overloaded", "retry-after-ms": "1000"}
 
 
 def test_sustained_load_past_the_wait_budget_is_shed_with_spaced_retry_times(
@@ -192,7 +203,7 @@ def test_a_redeploy_under_load_answers_every_request_already_accepted(serve_url:
 
 
 def test_requests_past_their_deadline_get_504_and_their_queued_work_is_dropped(
-    serve_url: str,
+    serve_url: str, grpc_target: str
 ) -> None:
     run_app(
         slow_fake_model,
@@ -201,18 +212,26 @@ def test_requests_past_their_deadline_get_504_and_their_queued_work_is_dropped(
         },
         batching={"max_batch_size": 1, "batch_wait_timeout_s": 0},
     )
-    with ThreadPoolExecutor(6) as pool:
-        responses = list(
-            pool.map(
-                lambda _: requests.post(f"{serve_url}/v1/vqa", json=BODY, timeout=60), range(6)
-            )
-        )
+    before = generated_requests()
+    with ThreadPoolExecutor(9) as pool:
+        over_http = [
+            pool.submit(requests.post, f"{serve_url}/v1/vqa", json=BODY, timeout=60)
+            for _ in range(6)
+        ]
+        over_grpc = [pool.submit(call_vqa, grpc_target, vqa_request("q")) for _ in range(3)]
+        responses = [future.result() for future in over_http]
+        outcomes = [future.result() for future in over_grpc]
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 504} and 504 in statuses, statuses
     timed_out = next(r for r in responses if r.status_code == 504)
     assert timed_out.json()["error"]["code"] == "timeout"
+    codes = [outcome.code for outcome in outcomes]
+    assert grpc.StatusCode.DEADLINE_EXCEEDED in codes, outcomes
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, outcomes
+    late = next(o for o in outcomes if o.code == grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert late.trailing == {"error-code": "timeout"}
     time.sleep(2)  # give any work that was not cancelled time to show up
-    assert generated_requests() < 6
+    assert generated_requests() - before < 9
 
 
 def test_a_client_that_disconnects_cancels_its_queued_work(serve_url: str) -> None:

@@ -55,14 +55,17 @@ def run_app(
     """Run the app with another model, one logical GPU per model replica and no CPUs.
 
     ``overrides`` maps sections of ``AppConfig`` (``model_deployment``, ``limits``, ...) to the
-    fields to change; ``batching`` is the model deployment's ``user_config``.
+    fields to change; ``batching`` is the model deployment's ``user_config``. Callers are
+    served anonymously unless ``overrides`` sets ``auth``.
     """
     args: dict[str, Any] = {
         "model_deployment": {"num_gpus": 1, "num_cpus": 0},
         "ingress_deployment": {"num_cpus": 0},
+        # Test modules start Serve's gRPC proxy, which listens on every address.
+        "auth": {"allow_anonymous": True},
     }
     for section, values in (overrides or {}).items():
-        args.setdefault(section, {}).update(values)
+        args[section] = values if section == "auth" else {**args.get(section, {}), **values}
     config = AppConfig.model_validate(args)
     settings = BatchingConfig.model_validate(batching or {})
     serve.run(build_application(config, model_factory, settings), name=APP_NAME)

@@ -8,7 +8,7 @@ import pytest
 
 from serve_app.config import AuthConfig
 from serve_app.contract.errors import AuthenticationError
-from serve_app.ingress.auth import BearerAuth, require_auth_when_exposed
+from serve_app.ingress.auth import BearerAuth, bearer_token, require_auth_when_exposed
 
 
 def test_not_configured_means_no_authentication() -> None:
@@ -58,12 +58,36 @@ def test_inline_tokens_are_hidden_in_the_config_repr() -> None:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
 def test_anonymous_serving_on_loopback_is_allowed(host: str) -> None:
-    require_auth_when_exposed(host, AuthConfig())
+    require_auth_when_exposed(AuthConfig(), host, grpc_port=None)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.7", "blip2.internal"])
 def test_anonymous_serving_on_a_reachable_address_is_refused(host: str) -> None:
     with pytest.raises(ValueError, match="allow_anonymous"):
-        require_auth_when_exposed(host, AuthConfig())
-    require_auth_when_exposed(host, AuthConfig(api_keys_env="BLIP2_API_KEYS"))
-    require_auth_when_exposed(host, AuthConfig(allow_anonymous=True))
+        require_auth_when_exposed(AuthConfig(), host, grpc_port=None)
+    require_auth_when_exposed(AuthConfig(api_keys_env="BLIP2_API_KEYS"), host, grpc_port=None)
+    require_auth_when_exposed(AuthConfig(allow_anonymous=True), host, grpc_port=None)
+
+
+def test_anonymous_serving_with_the_grpc_proxy_on_is_refused_even_with_http_on_loopback() -> None:
+    with pytest.raises(ValueError, match="gRPC proxy listens on port 9000 of every address"):
+        require_auth_when_exposed(AuthConfig(), "127.0.0.1", grpc_port=9000)
+    require_auth_when_exposed(AuthConfig(api_keys_env="BLIP2_API_KEYS"), "127.0.0.1", 9000)
+    require_auth_when_exposed(AuthConfig(allow_anonymous=True), "127.0.0.1", grpc_port=9000)
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer  abc ", "abc"),
+        ("BEARER abc", "abc"),
+        ("Basic abc", None),
+        ("Bearer", None),
+        ("abc", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_the_bearer_token_of_an_authorization_value(header: str | None, token: str | None) -> None:
+    assert bearer_token(header) == token

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+from ray.serve.config import gRPCOptions
 
 from serve_app.app import build_app
 from serve_app.batching.batcher import RequestBatcher
 from serve_app.config import AppConfig, BatchingConfig, ModelConfig
+from serve_app.grpc.generated.blip2_pb2_grpc import add_Blip2ServiceServicer_to_server
 from tests.support.serving import load_config
 
 
@@ -24,6 +26,14 @@ def test_shipped_configs_are_valid(name: str) -> None:
     (server,) = [d for d in app["deployments"] if d["name"] == "Blip2Server"]
     max_batch_size = server["user_config"]["max_batch_size"]
     assert config.model_deployment.max_ongoing_requests >= max_batch_size
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.cpu.yaml"])
+def test_shipped_configs_serve_grpc_on_9000_with_reflection(name: str) -> None:
+    options = gRPCOptions.model_validate(load_config(name)["grpc_options"])
+    assert (options.port, options.enable_reflection) == (9000, True)
+    (add_servicer,) = options.grpc_servicer_func_callable
+    assert add_servicer is add_Blip2ServiceServicer_to_server
 
 
 def test_production_config_is_fp16_on_one_gpu_and_autoscaled() -> None:
