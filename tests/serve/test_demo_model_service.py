@@ -1,6 +1,7 @@
 """The CPU config serves the demo model: right answers over HTTP, over gRPC and through the
-handle API, and the folder-captioning example, run as a separate Ray driver, against the same
-application."""
+handle API, the folder-captioning example, run as a separate Ray driver, against the same
+application, and batching: batches form under load with answers equal to the sequential ones,
+and a change of ``user_config`` retunes the running replica (these run last: they retune it)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,14 @@ from serve_app.grpc.client import Blip2GrpcClient
 from serve_app.model.builtin import DEMO_SHAPES
 from tests.support.demo import accuracy_bar
 from tests.support.images import image_bytes
-from tests.support.serving import REPO_ROOT, deploy_config, fit_for_tests, load_config
+from tests.support.serving import (
+    APP_NAME,
+    REPO_ROOT,
+    deploy_config,
+    fit_for_tests,
+    load_config,
+    wait_until,
+)
 
 HTTP_SEED = 201
 HANDLE_SEED = 202
@@ -165,3 +173,71 @@ def test_example_answers_a_question(url: str, tmp_path: Path) -> None:
     assert finished.returncode == 0, finished.stderr
     (record,) = map(json.loads, output.read_text().splitlines())
     assert record["ok"] and record["file"] == "a.png"
+
+
+BATCHING_CLIENTS = 16
+
+
+def with_batching(max_batch_size: int, batch_wait_timeout_s: float) -> dict[str, Any]:
+    """The CPU config with another ``user_config``: applied live, the replica is not restarted."""
+    config = fit_for_tests(load_config())
+    deployment = config["applications"][0]["deployments"][0]
+    deployment["user_config"] = {
+        "max_batch_size": max_batch_size,
+        "batch_wait_timeout_s": batch_wait_timeout_s,
+    }
+    return config
+
+
+def ask_count(url: str, index: int) -> str:
+    body = {
+        "image": {"data": base64.b64encode(image_bytes(index % 5)).decode()},
+        "question": f"how many things are there {'really ' * (index % 4)}?",
+    }
+    response = requests.post(f"{url}/v1/vqa", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    answer: str = response.json()["answer"]
+    return answer
+
+
+def batch_sizes() -> dict[int, int]:
+    server = serve.get_deployment_handle("Blip2Server", APP_NAME)
+    counts: dict[int, int] = server.batch_size_counts.remote().result()
+    return counts
+
+
+def model_card(url: str) -> dict[str, Any]:
+    card: dict[str, Any] = requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]
+    return card
+
+
+def test_concurrent_requests_are_batched_and_match_sequential_answers(url: str) -> None:
+    deploy_config(with_batching(max_batch_size=16, batch_wait_timeout_s=0.5))
+    wait_until(lambda: model_card(url)["batch_wait_timeout_s"] == 0.5, 60, "the batch wait")
+    sequential = [ask_count(url, i) for i in range(BATCHING_CLIENTS)]
+    before = batch_sizes()
+    with ThreadPoolExecutor(BATCHING_CLIENTS) as pool:
+        concurrent = list(pool.map(lambda i: ask_count(url, i), range(BATCHING_CLIENTS)))
+    assert concurrent == sequential
+    after = batch_sizes()
+    new_batches = {size: after[size] - before.get(size, 0) for size in after}
+    assert max(size for size, count in new_batches.items() if count > 0) > 1, new_batches
+
+
+def test_user_config_change_retunes_the_running_replica(url: str) -> None:
+    history_before = batch_sizes()
+    assert model_card(url)["max_batch_size"] == 16
+
+    deploy_config(with_batching(max_batch_size=2, batch_wait_timeout_s=0.5))
+    wait_until(lambda: model_card(url)["max_batch_size"] == 2, 60, "max_batch_size to become 2")
+    assert model_card(url)["batch_wait_timeout_s"] == 0.5
+
+    history = batch_sizes()
+    assert all(history.get(size, 0) >= count for size, count in history_before.items()), (
+        "the replica restarted: its batch history is gone"
+    )
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: ask_count(url, i), range(8)))
+    after = batch_sizes()
+    grown = [size for size in after if after[size] > history.get(size, 0)]
+    assert grown and max(grown) <= 2, after
