@@ -41,7 +41,8 @@ def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]
         run_app(load_blip2, {"model": {"model_id": TINY_RANDOM_OPT}})
         yield f"http://127.0.0.1:{http_port}", metrics_port
     finally:
-        ray.shutdown()  # Serve ends with Ray (see tests/serve/conftest.py)
+        serve.shutdown()
+        ray.shutdown()
 
 
 def test_application_metrics_reach_the_prometheus_endpoint(ports: tuple[str, int]) -> None:
