@@ -28,6 +28,7 @@ from serve_app.app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, build_applicatio
 from serve_app.config import TINY_RANDOM_OPT, AppConfig, BatchingConfig
 from serve_app.deployments.ingress import serve_proxies
 from serve_app.deployments.server import ModelFactory
+from serve_app.grpc import SERVICER_FUNCTION
 from serve_app.ingress.model_client import MODEL_REFRESH_S
 
 APP_NAME = "blip2"
@@ -41,9 +42,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-GRPC_SERVICER = "serve_app.grpc.generated.blip2_pb2_grpc.add_Blip2ServiceServicer_to_server"
 
 
 @contextmanager
@@ -61,7 +59,7 @@ def local_serve(num_gpus: int = 2) -> Iterator[str]:
     try:
         serve.start(
             http_options={"host": "127.0.0.1", "port": port},
-            grpc_options={"port": free_port(), "grpc_servicer_functions": [GRPC_SERVICER]},
+            grpc_options={"port": free_port(), "grpc_servicer_functions": [SERVICER_FUNCTION]},
         )
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -26,6 +26,11 @@ class ServeAppError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def logged(self) -> bool:
+        """Whether the service logs it: its own failures, not a caller's mistakes."""
+        return self.status_code >= 500
+
 
 class InvalidRequestError(ServeAppError):
     """The request is well-formed JSON but a field is missing, unknown or out of range."""
@@ -111,6 +116,11 @@ class ModelOverloadedError(ServeAppError):
     def __init__(self, message: str, param: str | None = None, retry_after_s: float = 1.0) -> None:
         super().__init__(message, param)
         self.retry_after_s = retry_after_s
+
+    @property
+    def logged(self) -> bool:
+        """Not logged: overload is expected and counted, and a line per refusal adds load."""
+        return False
 
 
 class ModelUnavailableError(ServeAppError):

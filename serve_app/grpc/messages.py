@@ -24,40 +24,32 @@ from serve_app.grpc.generated import blip2_pb2 as pb
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 MessageT = TypeVar("MessageT", bound=Message)
+ImageMessage = pb.VqaRequest | pb.CaptionRequest | pb.GenerateRequest
+"""A request message with an image and generation settings."""
 
 
 def vqa_request(message: pb.VqaRequest) -> VQARequest:
     """A ``Vqa`` call's request."""
-    return _validated(
-        VQARequest,
-        question=message.question,
-        image=image_source(message),
-        params=generation_params(message),
-    )
+    return _image_request(VQARequest, message, question=message.question)
 
 
 def caption_request(message: pb.CaptionRequest) -> CaptionRequest:
     """A ``Caption`` call's request."""
     prompt = message.prompt if message.HasField("prompt") else None
-    return _validated(
-        CaptionRequest,
-        prompt=prompt,
-        image=image_source(message),
-        params=generation_params(message),
-    )
+    return _image_request(CaptionRequest, message, prompt=prompt)
 
 
 def generate_request(message: pb.GenerateRequest) -> GenerateRequest:
     """A ``Generate`` or ``GenerateStream`` call's request."""
-    return _validated(
-        GenerateRequest,
-        prompt=message.prompt,
-        image=image_source(message),
-        params=generation_params(message),
-    )
+    return _image_request(GenerateRequest, message, prompt=message.prompt)
 
 
-def image_source(message: pb.VqaRequest | pb.CaptionRequest | pb.GenerateRequest) -> ImageSource:
+def _image_request(model: type[ModelT], message: ImageMessage, **text: str | None) -> ModelT:
+    """``model`` from the message's image and settings and the given text fields."""
+    return _validated(model, image=image_source(message), params=generation_params(message), **text)
+
+
+def image_source(message: ImageMessage) -> ImageSource:
     """The request's image: its bytes as an upload (no base64 step), or its URL."""
     image = message.image
     source = image.WhichOneof("source") if message.HasField("image") else None
@@ -72,9 +64,7 @@ def image_source(message: pb.VqaRequest | pb.CaptionRequest | pb.GenerateRequest
     raise InvalidRequestError("image: give exactly one of 'data' or 'url'", "image")
 
 
-def generation_params(
-    message: pb.VqaRequest | pb.CaptionRequest | pb.GenerateRequest,
-) -> GenerationParams:
+def generation_params(message: ImageMessage) -> GenerationParams:
     """The request's generation settings: the fields it sets, over the server's defaults."""
     given: dict[str, Any] = {field.name: value for field, value in message.params.ListFields()}
     if "stop" in given:

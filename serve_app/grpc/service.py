@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from pydantic import BaseModel
 
 from serve_app.config import LimitsConfig, ModelConfig
-from serve_app.contract.errors import ModelOverloadedError, ServeAppError
+from serve_app.contract.errors import ServeAppError
 from serve_app.grpc import messages
 from serve_app.grpc.generated import blip2_pb2 as pb
 from serve_app.grpc.status import ERROR_CODE_KEY, CallStatus, status_of
@@ -151,8 +151,7 @@ class Blip2GrpcService(Blip2Handlers):
         """End the call with the status of ``exc`` (an unexpected error: INTERNAL, no detail)."""
         if isinstance(exc, ServeAppError):
             status = status_of(exc)
-            if exc.status_code >= 500 and not isinstance(exc, ModelOverloadedError):
-                # Overload is expected and counted; logging each refusal would add to the load.
+            if exc.logged:
                 logger.warning("gRPC %s failed: %s (%s)", method, exc.code, exc.message)
         else:
             logger.error("Unexpected error in gRPC %s", method, exc_info=exc)

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from serve_app.contract.api import ErrorDetail, ErrorResponse
-from serve_app.contract.errors import ModelOverloadedError, ServeAppError
+from serve_app.contract.errors import ServeAppError
 from serve_app.contract.openai import OpenAIError, OpenAIErrorResponse
 from serve_app.http.metrics import endpoint_of
 from serve_app.metrics import HttpMetrics
@@ -113,8 +113,7 @@ def install_error_handlers(app: FastAPI, metrics: HttpMetrics) -> None:
     async def on_app_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServeAppError)
         count_error(request, exc.code)
-        if exc.status_code >= 500 and not isinstance(exc, ModelOverloadedError):
-            # Overload is expected and counted; logging each refusal would add to the load.
+        if exc.logged:
             logger.warning("Request failed: %s (%s)", exc.code, exc.message)
         return error_response(exc.status_code, exc.code, exc.message, exc.param, exc.retry_after_s)
 

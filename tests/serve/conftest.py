@@ -16,8 +16,8 @@ from ray import cloudpickle, serve
 
 import tests.support.fakes
 from serve_app.deployments.ingress import serve_proxies
+from serve_app.grpc import SERVICER_FUNCTION
 
-GRPC_SERVICER = "serve_app.grpc.generated.blip2_pb2_grpc.add_Blip2ServiceServicer_to_server"
 GRPC_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """The gRPC proxy's message cap, as the deployment manifests set it (Serve's default: 2 GiB)."""
 
@@ -52,7 +52,7 @@ def local_serve(
     port = free_port()
     serve.start(
         http_options={"host": host, "port": port},
-        grpc_options={"port": free_port(), "grpc_servicer_functions": [GRPC_SERVICER]},
+        grpc_options={"port": free_port(), "grpc_servicer_functions": [SERVICER_FUNCTION]},
     )
     try:
         yield f"http://127.0.0.1:{port}"

@@ -14,6 +14,7 @@ from ray.serve.config import gRPCOptions
 from serve_app.app import build_app
 from serve_app.batching.batcher import RequestBatcher
 from serve_app.config import AppConfig, BatchingConfig, ModelConfig
+from serve_app.grpc import SERVICER_FUNCTION
 from serve_app.grpc.generated.blip2_pb2_grpc import add_Blip2ServiceServicer_to_server
 from tests.support.serving import load_config
 
@@ -32,6 +33,7 @@ def test_shipped_configs_are_valid(name: str) -> None:
 def test_shipped_configs_serve_grpc_on_9000_with_reflection(name: str) -> None:
     options = gRPCOptions.model_validate(load_config(name)["grpc_options"])
     assert (options.port, options.enable_reflection) == (9000, True)
+    assert options.grpc_servicer_functions == [SERVICER_FUNCTION]
     (add_servicer,) = options.grpc_servicer_func_callable
     assert add_servicer is add_Blip2ServiceServicer_to_server
 
