@@ -12,19 +12,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any, Generic, cast
 
 from ray import serve
 
-from serve_app.batching.scheduler import BatchScheduler, OnBatchStart, QueuedRequest, RunBatch
-from serve_app.batching.streams import Outcome, RequestStream
+from serve_app.batching.scheduler import (
+    BatchScheduler,
+    OnBatchStart,
+    QueuedRequest,
+    RequestT,
+    ResultT,
+    RunBatch,
+)
+from serve_app.batching.streams import RequestStream
 from serve_app.config import BatchingConfig
-from serve_app.model.types import ModelRequest
 
 DEFAULTS = BatchingConfig()
 
-Enqueue = Callable[[Any, QueuedRequest], Awaitable[None]]
-BatchedEnqueue = Callable[[Any, list[QueuedRequest]], Awaitable[list[None]]]
+Enqueue = Callable[[Any, QueuedRequest[Any, Any]], Awaitable[None]]
+BatchedEnqueue = Callable[[Any, list[QueuedRequest[Any, Any]]], Awaitable[list[None]]]
 
 
 def _batched(settings: BatchingConfig) -> Callable[[BatchedEnqueue], Enqueue]:
@@ -36,7 +42,7 @@ def _batched(settings: BatchingConfig) -> Callable[[BatchedEnqueue], Enqueue]:
     return cast(Callable[[BatchedEnqueue], Enqueue], decorator)
 
 
-class RequestBatcher:
+class RequestBatcher(Generic[RequestT, ResultT]):
     """Batches concurrent requests for ``run_batch``; each caller reads its own events.
 
     Must be used on one event loop (a Serve replica's).
@@ -44,12 +50,12 @@ class RequestBatcher:
 
     def __init__(
         self,
-        run_batch: RunBatch,
+        run_batch: RunBatch[RequestT, ResultT],
         max_ongoing_requests: int,
         on_batch_start: OnBatchStart | None = None,
     ) -> None:
         self._max_ongoing_requests = max_ongoing_requests
-        self._scheduler = BatchScheduler(
+        self._scheduler: BatchScheduler[RequestT, ResultT] = BatchScheduler(
             run_batch, DEFAULTS.max_batch_size, DEFAULTS.merge_waiting_batches, on_batch_start
         )
         self.settings = DEFAULTS
@@ -73,12 +79,12 @@ class RequestBatcher:
         self._scheduler.merge = settings.merge_waiting_batches
         self.settings = settings
 
-    async def events(self, request: ModelRequest) -> AsyncIterator[str | Outcome]:
+    async def events(self, request: RequestT) -> AsyncIterator[str | ResultT | Exception]:
         """The request's text as it is generated (if it streams), then its outcome.
 
         A caller who goes away cancels its share: dropped unrun, or its row stops early.
         """
-        stream = RequestStream()
+        stream: RequestStream[ResultT] = RequestStream()
         queued = QueuedRequest(request, stream)
         try:
             if self._scheduler.idle:
@@ -91,12 +97,14 @@ class RequestBatcher:
             stream.cancel()
             raise
 
-    async def outcomes(self, requests: Sequence[ModelRequest]) -> list[Outcome]:
+    async def outcomes(self, requests: Sequence[RequestT]) -> list[ResultT | Exception]:
         """The outcomes of a group of requests, queued together at once (no batch wait).
 
         A caller who goes away cancels the whole group.
         """
-        group = [QueuedRequest(request, RequestStream()) for request in requests]
+        group: list[QueuedRequest[RequestT, ResultT]] = [
+            QueuedRequest(request, RequestStream()) for request in requests
+        ]
         self._scheduler.submit(group)
         try:
             return [await queued.stream.outcome() for queued in group]
@@ -106,6 +114,6 @@ class RequestBatcher:
             raise
 
     @_batched(DEFAULTS)
-    async def _enqueue(self, queued: list[QueuedRequest]) -> list[None]:
+    async def _enqueue(self, queued: list[QueuedRequest[RequestT, ResultT]]) -> list[None]:
         self._scheduler.submit(queued)
         return [None] * len(queued)

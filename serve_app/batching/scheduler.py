@@ -16,30 +16,34 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from serve_app.batching.streams import Outcome, RequestStream, StreamsObserver
+from serve_app.batching.streams import RequestStream, StreamsObserver
 from serve_app.contract.errors import GenerationFailedError
-from serve_app.model.types import GenerationObserver, ModelRequest
+from serve_app.model.types import GenerationObserver
 
 logger = logging.getLogger("ray.serve")
 
-RunBatch = Callable[[list[ModelRequest], GenerationObserver], Sequence[Outcome]]
-"""Generates for a batch (in a worker thread) and returns one outcome per request."""
+RequestT = TypeVar("RequestT")
+ResultT = TypeVar("ResultT")
+
+RunBatch = Callable[[list[RequestT], GenerationObserver], Sequence[ResultT | Exception]]
+"""Runs the model on a batch (in a worker thread); returns one outcome per request."""
 
 OnBatchStart = Callable[[list[float]], None]
 """Told, as a batch starts, how many seconds each of its requests waited."""
 
 
 @dataclass(frozen=True)
-class QueuedRequest:
+class QueuedRequest(Generic[RequestT, ResultT]):
     """A request waiting for the model, with the stream its caller reads."""
 
-    request: ModelRequest
-    stream: RequestStream
+    request: RequestT
+    stream: RequestStream[ResultT]
     arrived: float = field(default_factory=time.perf_counter)
 
 
-class BatchScheduler:
+class BatchScheduler(Generic[RequestT, ResultT]):
     """Feeds queued requests to ``run_batch`` in batches of at most ``max_batch_size``.
 
     Batches run one at a time in a worker thread, oldest requests first; a request whose
@@ -50,7 +54,7 @@ class BatchScheduler:
 
     def __init__(
         self,
-        run_batch: RunBatch,
+        run_batch: RunBatch[RequestT, ResultT],
         max_batch_size: int,
         merge: bool = True,
         on_batch_start: OnBatchStart | None = None,
@@ -59,7 +63,7 @@ class BatchScheduler:
         self.merge = merge
         self._run_batch = run_batch
         self._on_batch_start = on_batch_start
-        self._groups: deque[deque[QueuedRequest]] = deque()
+        self._groups: deque[deque[QueuedRequest[RequestT, ResultT]]] = deque()
         self._work = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._running = False
@@ -70,7 +74,7 @@ class BatchScheduler:
         once."""
         return not self._running and not self._groups
 
-    def submit(self, queued: Sequence[QueuedRequest]) -> None:
+    def submit(self, queued: Sequence[QueuedRequest[RequestT, ResultT]]) -> None:
         """Queue a group of requests; their outcomes arrive on their streams."""
         self._groups.append(deque(queued))
         self._work.set()
@@ -93,8 +97,8 @@ class BatchScheduler:
                 finally:
                     self._running = False
 
-    def _next_batch(self) -> list[QueuedRequest]:
-        batch: list[QueuedRequest] = []
+    def _next_batch(self) -> list[QueuedRequest[RequestT, ResultT]]:
+        batch: list[QueuedRequest[RequestT, ResultT]] = []
         while self._groups and len(batch) < self.max_batch_size:
             group = self._groups[0]
             while group and len(batch) < self.max_batch_size:
@@ -107,7 +111,7 @@ class BatchScheduler:
                 break
         return batch
 
-    async def _run(self, batch: list[QueuedRequest]) -> None:
+    async def _run(self, batch: list[QueuedRequest[RequestT, ResultT]]) -> None:
         streams = [queued.stream for queued in batch]
         observer = StreamsObserver(asyncio.get_running_loop(), streams)
         requests = [queued.request for queued in batch]
@@ -115,7 +119,9 @@ class BatchScheduler:
             started = time.perf_counter()
             self._on_batch_start([started - queued.arrived for queued in batch])
         try:
-            outcomes = list(await asyncio.to_thread(self._run_batch, requests, observer))
+            outcomes: list[ResultT | Exception] = list(
+                await asyncio.to_thread(self._run_batch, requests, observer)
+            )
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"{len(outcomes)} outcomes for a batch of {len(batch)}")
         except Exception:

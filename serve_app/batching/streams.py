@@ -9,29 +9,33 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Generic, TypeVar
 
 from serve_app.model.types import ModelResult
 
+ResultT = TypeVar("ResultT")
+
 Outcome = ModelResult | Exception
-"""How a request ends: its result, or the error its caller gets."""
+"""How a generation request ends: its result, or the error its caller gets."""
 
 
-class RequestStream:
-    """The events of one request: its text as it is generated, then its outcome.
+class RequestStream(Generic[ResultT]):
+    """The events of one request: its text as it is generated (if any), then its outcome, a
+    ``ResultT`` or the exception its caller gets.
 
     Written on the event loop (``put_text``, ``finish``), read by the request's caller;
     ``cancelled`` is set when the caller goes away and may be read from any thread.
     """
 
     def __init__(self) -> None:
-        self._events: asyncio.Queue[str | Outcome] = asyncio.Queue()
+        self._events: asyncio.Queue[str | ResultT | Exception] = asyncio.Queue()
         self.cancelled = False
 
     def put_text(self, delta: str) -> None:
         """Queue newly generated text."""
         self._events.put_nowait(delta)
 
-    def finish(self, outcome: Outcome) -> None:
+    def finish(self, outcome: ResultT | Exception) -> None:
         """Queue the request's outcome; nothing follows it."""
         self._events.put_nowait(outcome)
 
@@ -39,14 +43,14 @@ class RequestStream:
         """The caller went away: the request is not run, or its row stops early."""
         self.cancelled = True
 
-    async def outcome(self) -> Outcome:
+    async def outcome(self) -> ResultT | Exception:
         """Wait for the request's outcome, skipping any text."""
         while True:
             event = await self._events.get()
             if not isinstance(event, str):
                 return event
 
-    async def __aiter__(self) -> AsyncIterator[str | Outcome]:
+    async def __aiter__(self) -> AsyncIterator[str | ResultT | Exception]:
         """Text deltas (those that piled up merged into one), then the outcome."""
         while True:
             event = await self._events.get()
@@ -62,10 +66,12 @@ class RequestStream:
                 return
 
 
-class StreamsObserver:
+class StreamsObserver(Generic[ResultT]):
     """A ``GenerationObserver`` called from the generating thread for a batch of streams."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, streams: Sequence[RequestStream]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, streams: Sequence[RequestStream[ResultT]]
+    ) -> None:
         self._loop = loop
         self._streams = streams
 

@@ -12,7 +12,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from serve_app.batching.streams import Outcome
 from serve_app.contract.errors import InvalidImageError, InvalidRequestError
 
 CLIENT_ERRORS = (InvalidRequestError, InvalidImageError)
@@ -39,7 +38,7 @@ class ReplicaHealth:
         """A batch began generating (from the generating thread)."""
         self._batch_started = time.monotonic()
 
-    def batch_finished(self, outcomes: Sequence[Outcome]) -> None:
+    def batch_finished(self, outcomes: Sequence[object]) -> None:
         """A batch ended with these per-request outcomes."""
         self._batch_started = None
         for outcome in outcomes:

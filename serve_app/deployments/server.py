@@ -61,7 +61,7 @@ class Blip2Server:
     ) -> None:
         self._model = (model_factory or load_blip2)(model_options)
         self._metrics = ServerMetrics()
-        self._batcher = RequestBatcher(
+        self._batcher: RequestBatcher[ModelRequest, ModelResult] = RequestBatcher(
             self._run_model, max_ongoing_requests, self._metrics.observe_waits
         )
         self._batch_sizes: Counter[int] = Counter()
