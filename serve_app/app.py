@@ -1,16 +1,20 @@
-"""``build_app``: turns validated args into the Serve application (ingress -> model)."""
+"""``build_app``: turns validated args into the Serve application (ingress -> models)."""
 
 import math
+from typing import Any
 
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
+from ray.serve.deployment import Deployment
 
-from serve_app.config import AppConfig, BatchingConfig
+from serve_app.config import AppConfig, BatchingConfig, ModelDeploymentConfig
 from serve_app.deployments.ingress import Blip2Ingress
+from serve_app.deployments.retrieval_server import Blip2RetrievalServer, RetrievalModelFactory
 from serve_app.deployments.server import Blip2Server, ModelFactory
 
 MODEL_DEPLOYMENT = "Blip2Server"
+RETRIEVAL_DEPLOYMENT = "Blip2RetrievalServer"
 INGRESS_DEPLOYMENT = "Blip2Ingress"
 PROXY_RETRY_AFTER_S = 1
 """``Retry-After`` of the 503 Serve's proxy answers when the ingress's queue is full."""
@@ -21,7 +25,7 @@ def build_app(args: AppConfig) -> Application:
 
     Serve validates the config's ``args`` into ``AppConfig`` before calling this, so bad
     configuration fails ``serve run`` / ``serve deploy`` with pydantic's message. Batching is
-    the model deployment's ``user_config`` (``deployments[].user_config`` in the file).
+    each model deployment's ``user_config`` (``deployments[].user_config`` in the file).
     """
     return build_application(args)
 
@@ -30,33 +34,42 @@ def build_application(
     config: AppConfig,
     model_factory: ModelFactory | None = None,
     batching: BatchingConfig | None = None,
+    retrieval_factory: RetrievalModelFactory | None = None,
 ) -> Application:
-    """Bind the deployment graph.
+    """Bind the deployment graph: the ingress and the generation and/or retrieval model.
 
     Args:
         config: The application's settings.
-        model_factory: Another model than BLIP-2 as configured (tests, benchmarks).
-        batching: The model deployment's initial ``user_config`` (defaults otherwise).
+        model_factory: Another generation model than BLIP-2 as configured (tests, benchmarks).
+        batching: The model deployments' initial ``user_config`` (defaults otherwise).
+        retrieval_factory: Another retrieval model than configured (tests).
     """
-    server_options = config.model_deployment
-    model = serve.deployment(
-        name=MODEL_DEPLOYMENT,
-        ray_actor_options={
-            "num_gpus": server_options.num_gpus,
-            "num_cpus": server_options.num_cpus,
-            "resources": server_options.resources,
-        },
-        max_ongoing_requests=server_options.max_ongoing_requests,
-        max_queued_requests=server_options.max_queued_requests,
-        autoscaling_config=server_options.autoscaling_config,
-        user_config=(batching or BatchingConfig()).model_dump(),
-        health_check_period_s=server_options.health_check_period_s,
-        health_check_timeout_s=server_options.health_check_timeout_s,
-        graceful_shutdown_timeout_s=server_options.graceful_shutdown_timeout_s,
-        # One access-log line per call costs the replica's thread more than a batch's worth
-        # of requests; the replica logs one line per batch, with its requests' ids.
-        logging_config={"enable_access_log": False},
-    )(Blip2Server)
+    server = None
+    model_options = config.model
+    if model_options is not None:
+        options = config.model_deployment
+        if model_options.cpu_threads is None:
+            threads = _threads(options)
+            model_options = model_options.model_copy(update={"cpu_threads": threads})
+        server = _model_deployment(MODEL_DEPLOYMENT, Blip2Server, options, batching).bind(
+            model_options, options.max_ongoing_requests, options.batch_timeout_s, model_factory
+        )
+    retrieval = None
+    retrieval_options = config.retrieval
+    if retrieval_options is not None:
+        options = config.retrieval_deployment
+        if retrieval_options.cpu_threads is None:
+            threads = _threads(options)
+            retrieval_options = retrieval_options.model_copy(update={"cpu_threads": threads})
+        deployment = _model_deployment(
+            RETRIEVAL_DEPLOYMENT, Blip2RetrievalServer, options, batching
+        )
+        retrieval = deployment.bind(
+            retrieval_options,
+            options.max_ongoing_requests,
+            options.batch_timeout_s,
+            retrieval_factory,
+        )
     ingress_options = config.ingress_deployment
     ingress = serve.deployment(
         name=INGRESS_DEPLOYMENT,
@@ -67,20 +80,41 @@ def build_application(
         autoscaling_config=ingress_options.autoscaling_config,
         graceful_shutdown_timeout_s=ingress_options.graceful_shutdown_timeout_s,
     )(Blip2Ingress)
-    model_options = config.model
-    if model_options.cpu_threads is None:
-        threads = max(1, math.ceil(server_options.num_cpus))
-        model_options = model_options.model_copy(update={"cpu_threads": threads})
-    server = model.bind(
-        model_options,
-        server_options.max_ongoing_requests,
-        server_options.batch_timeout_s,
-        model_factory,
-    )
     return ingress.bind(
         server,
         model_options,
         config.limits,
         config.auth,
         ingress_options.model_calls_per_replica,
+        retrieval,
+        retrieval_options,
     )
+
+
+def _threads(options: ModelDeploymentConfig) -> int:
+    """torch threads for a replica: its CPUs, at least one."""
+    return max(1, math.ceil(options.num_cpus))
+
+
+def _model_deployment(
+    name: str, cls: type[Any], options: ModelDeploymentConfig, batching: BatchingConfig | None
+) -> Deployment:
+    """A GPU-pinned model deployment of ``cls`` as ``options`` size it."""
+    return serve.deployment(
+        name=name,
+        ray_actor_options={
+            "num_gpus": options.num_gpus,
+            "num_cpus": options.num_cpus,
+            "resources": options.resources,
+        },
+        max_ongoing_requests=options.max_ongoing_requests,
+        max_queued_requests=options.max_queued_requests,
+        autoscaling_config=options.autoscaling_config,
+        user_config=(batching or BatchingConfig()).model_dump(),
+        health_check_period_s=options.health_check_period_s,
+        health_check_timeout_s=options.health_check_timeout_s,
+        graceful_shutdown_timeout_s=options.graceful_shutdown_timeout_s,
+        # One access-log line per call costs the replica's thread more than a batch's worth
+        # of requests; the replica logs one line per batch, with its requests' ids.
+        logging_config={"enable_access_log": False},
+    )(cls)

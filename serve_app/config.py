@@ -16,6 +16,15 @@ TINY_RANDOM_OPT = "builtin:tiny-random-blip2-opt"
 TINY_RANDOM_T5 = "builtin:tiny-random-blip2-t5"
 """An untrained, few-hundred-kilobyte BLIP-2 (Flan-T5 family) built from a small config."""
 
+TINY_RANDOM_ITM = "builtin:tiny-random-blip2-itm"
+"""An untrained, few-hundred-kilobyte BLIP-2 retrieval model built from a small config."""
+
+DEMO_SHAPES = "builtin:shapes-blip2"
+"""A tiny BLIP-2 trained on the synthetic shapes task of :mod:`serve_app.demo.task`."""
+
+DEMO_SHAPES_ITM = "builtin:shapes-blip2-itm"
+"""A tiny BLIP-2 retrieval model trained on the same shapes task."""
+
 DEFAULT_VQA_TEMPLATE = "Question: {question} Answer:"
 
 DEFAULT_MAX_BATCH_SIZE = 8
@@ -97,6 +106,37 @@ class ModelConfig(StrictModel):
         if not params.do_sample:
             update.update(temperature=1.0, top_p=1.0, seed=None)
         return params.model_copy(update=update)
+
+
+class RetrievalModelConfig(StrictModel):
+    """Which BLIP-2 retrieval model (``Blip2ForImageTextRetrieval``) to load, and its limits."""
+
+    model_id: str = Field(
+        description="Hugging Face id (e.g. Salesforce/blip2-itm-vit-g), local directory, or a "
+        "'builtin:' name.",
+        min_length=1,
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    served_name: str | None = Field(
+        None, description="Name reported to clients; model_id if unset."
+    )
+    device: Device = "auto"
+    dtype: DType = Field("auto", description="auto = float16 on CUDA, float32 on CPU.")
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads in a model replica; its num_cpus (at least 1) if unset.",
+    )
+    max_text_tokens: int = Field(
+        64, ge=1, le=512, description="Longest text, in the model's tokens, callers may send."
+    )
+    max_inputs: int = Field(64, ge=1, description="Images plus texts in one embeddings request.")
+    max_candidates: int = Field(64, ge=1, description="Candidates in one rank request.")
+
+    @property
+    def name(self) -> str:
+        """The model name clients see."""
+        return self.served_name or self.model_id
 
 
 class BatchingConfig(StrictModel):
@@ -269,15 +309,28 @@ class AuthConfig(StrictModel):
 class AppConfig(StrictModel):
     """Everything ``build_app`` needs; the ``args`` of the application in ``serve_config.yaml``."""
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig | None = Field(
+        default_factory=ModelConfig,
+        description="The generation model (VQA, captions, chat); null serves none.",
+    )
     model_deployment: ModelDeploymentConfig = Field(default_factory=ModelDeploymentConfig)
+    retrieval: RetrievalModelConfig | None = Field(
+        None, description="The retrieval model (embeddings, rank); null (the default) serves none."
+    )
+    retrieval_deployment: ModelDeploymentConfig = Field(default_factory=ModelDeploymentConfig)
     ingress_deployment: IngressDeploymentConfig = Field(default_factory=IngressDeploymentConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @model_validator(mode="after")
+    def _serves_a_model(self) -> AppConfig:
+        if self.model is None and self.retrieval is None:
+            raise ValueError("serve a generation model ('model'), a 'retrieval' model, or both")
+        return self
+
+    @model_validator(mode="after")
     def _drain_covers_a_request(self) -> AppConfig:
-        for name in ("model_deployment", "ingress_deployment"):
+        for name in ("model_deployment", "retrieval_deployment", "ingress_deployment"):
             section: ModelDeploymentConfig | IngressDeploymentConfig = getattr(self, name)
             if section.graceful_shutdown_timeout_s < self.limits.request_timeout_s:
                 raise ValueError(

@@ -206,11 +206,32 @@ class ModelCard(StrictModel):
     limits: ModelLimits | None = None
 
 
+class RetrievalModelCard(StrictModel):
+    """What a retrieval replica has loaded (served by ``/v1/embeddings`` and ``/v1/rank``)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="When the serving application started (Unix time).")
+    owned_by: str = "blip2-serve"
+    task: Literal["retrieval"] = "retrieval"
+    source: str
+    dtype: str
+    device: str
+    num_query_tokens: int
+    dimensions: int = Field(description="Length of every embedding vector.")
+    max_text_tokens: int
+    max_inputs: int
+    max_candidates: int
+    max_batch_size: int
+    batch_wait_timeout_s: float
+    merge_waiting_batches: bool
+
+
 class ModelList(StrictModel):
-    """The models this service serves."""
+    """The models this service serves: the generation model, then the retrieval model."""
 
     object: Literal["list"] = "list"
-    data: list[ModelCard]
+    data: list[ModelCard | RetrievalModelCard]
 
 
 class HealthResponse(StrictModel):

@@ -25,7 +25,9 @@ from serve_app.grpc import messages
 from serve_app.grpc.generated import blip2_pb2 as pb
 from serve_app.grpc.status import ERROR_CODE_KEY, CallStatus, status_of
 from serve_app.ingress.auth import BearerAuth, bearer_token
-from serve_app.ingress.handlers import Blip2Handlers, ImageObserver, ModelBackend
+from serve_app.ingress.handlers import Blip2Handlers, ModelBackend
+from serve_app.ingress.model_calls import ImageObserver
+from serve_app.ingress.retrieval import RetrievalHandlers
 from serve_app.metrics import GrpcMetrics
 
 logger = logging.getLogger("ray.serve")
@@ -54,14 +56,15 @@ class Blip2GrpcService(Blip2Handlers):
 
     def __init__(
         self,
-        model: ModelBackend,
+        model: ModelBackend | None,
         config: ModelConfig,
         limits: LimitsConfig,
         observer: ImageObserver | None = None,
         auth: BearerAuth | None = None,
         grpc_metrics: GrpcMetrics | None = None,
+        retrieval: RetrievalHandlers | None = None,
     ) -> None:
-        super().__init__(model, config, limits, observer)
+        super().__init__(model, config, limits, observer, retrieval)
         self.auth = auth
         self._grpc_metrics = grpc_metrics
 
@@ -120,8 +123,10 @@ class Blip2GrpcService(Blip2Handlers):
     async def Models(
         self, request: pb.ModelsRequest, grpc_context: GrpcContext
     ) -> pb.ModelsResponse:
-        """The served model, its limits and its batching settings."""
-        return await self._unary("Models", grpc_context, pb.ModelsResponse(), self.models)
+        """The served generation model, its limits and its batching settings."""
+        return await self._unary(
+            "Models", grpc_context, pb.ModelsResponse(), lambda: self.models(retrieval=False)
+        )
 
     async def _unary(
         self,

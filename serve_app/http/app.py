@@ -7,10 +7,10 @@ and metrics; nothing is shared through module globals.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import FastAPI
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from serve_app.contract.api import HealthResponse, ModelList
 from serve_app.contract.errors import ServeAppError
 from serve_app.contract.openai import ChatCompletion, ChatCompletionRequest
+from serve_app.contract.retrieval import EmbeddingsRequest, RankRequest
 from serve_app.http import body
 from serve_app.http.errors import (
     ERROR_RESPONSES,
@@ -27,38 +28,69 @@ from serve_app.http.errors import (
 )
 from serve_app.http.metrics import HttpMetricsMiddleware, endpoint_of
 from serve_app.http.openapi import install_openapi, json_body, request_body
+from serve_app.http.retrieval import install_retrieval_routes
 from serve_app.http.routes import IMAGE_ROUTES, ImageRoute
+from serve_app.http.security import Authorization, Authorize
 from serve_app.http.sse import chat_events
 from serve_app.ingress.auth import BearerAuth
 from serve_app.ingress.handlers import Blip2Handlers
 from serve_app.metrics import HttpMetrics
 
-Authorization = Annotated[
-    HTTPAuthorizationCredentials | None,
-    Security(HTTPBearer(auto_error=False, description="An API key, when the server sets any.")),
-]
-"""The caller's bearer token, if it sent one (routes decide; health routes take none)."""
-
 
 def make_http_app(
     handlers: Blip2Handlers, auth: BearerAuth | None, metrics: HttpMetrics
 ) -> FastAPI:
-    """The ingress's HTTP API: native routes, OpenAI-compatible chat, models and health."""
+    """The ingress's HTTP API: native routes, OpenAI-compatible chat and embeddings, models and
+    health (routes of a model the service does not serve are left out)."""
     app = FastAPI(
         title="BLIP-2 on Ray Serve",
         version="0.1.0",
-        description="Visual question answering and image captioning with Salesforce BLIP-2.",
+        description="Visual question answering, image captioning and image-text retrieval with "
+        "Salesforce BLIP-2.",
         # No redirects built from the caller's Host header: a trailing slash is simply a 404.
         redirect_slashes=False,
     )
     install_error_handlers(app, metrics)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    install_openapi(app, [route.request for route in IMAGE_ROUTES] + [ChatCompletionRequest])
+    bodies: list[type[BaseModel]] = []
+    if handlers.serves_generation:
+        bodies += [route.request for route in IMAGE_ROUTES] + [ChatCompletionRequest]
+    if handlers.serves_retrieval:
+        bodies += [EmbeddingsRequest, RankRequest]
+    install_openapi(app, bodies)
 
     def authorize(authorization: HTTPAuthorizationCredentials | None) -> None:
         if auth is not None:
             auth.authorize(None if authorization is None else authorization.credentials)
 
+    if handlers.serves_generation:
+        _install_generation_routes(app, handlers, authorize, metrics)
+    if handlers.serves_retrieval:
+        install_retrieval_routes(app, handlers, authorize, metrics)
+
+    @app.get("/v1/models", response_model=ModelList, responses={503: ERROR_RESPONSES[503]})
+    async def models(authorization: Authorization) -> ModelList:
+        """The served models, their dtype, limits and batching settings."""
+        authorize(authorization)
+        return await handlers.models()
+
+    @app.get("/healthz", response_model=HealthResponse)
+    async def health() -> HealthResponse:
+        """Liveness of the ingress."""
+        return HealthResponse()
+
+    @app.get("/readyz", response_model=HealthResponse, responses={503: ERROR_RESPONSES[503]})
+    async def ready() -> HealthResponse:
+        """Readiness: a replica of every served model answers."""
+        return await handlers.ready()
+
+    return app
+
+
+def _install_generation_routes(
+    app: FastAPI, handlers: Blip2Handlers, authorize: Authorize, metrics: HttpMetrics
+) -> None:
+    """The native image routes and OpenAI-compatible chat completions."""
     for route in IMAGE_ROUTES:
         app.post(
             route.path,
@@ -93,29 +125,11 @@ def make_http_app(
             metrics.count_error(endpoint_of(request.scope), error.code)
             return openai_error_response(error)
 
-    @app.get("/v1/models", response_model=ModelList, responses={503: ERROR_RESPONSES[503]})
-    async def models(authorization: Authorization) -> ModelList:
-        """The served model, its family, dtype, limits and batching settings."""
-        authorize(authorization)
-        return await handlers.models()
-
-    @app.get("/healthz", response_model=HealthResponse)
-    async def health() -> HealthResponse:
-        """Liveness of the ingress."""
-        return HealthResponse()
-
-    @app.get("/readyz", response_model=HealthResponse, responses={503: ERROR_RESPONSES[503]})
-    async def ready() -> HealthResponse:
-        """Readiness: a model replica answers."""
-        return await handlers.ready()
-
-    return app
-
 
 def _image_endpoint(
     route: ImageRoute,
     handlers: Blip2Handlers,
-    authorize: Callable[[HTTPAuthorizationCredentials | None], None],
+    authorize: Authorize,
 ) -> Callable[..., Awaitable[BaseModel]]:
     """The route function of one image route: check the token and the load, parse, call."""
     handler: Callable[[Any], Awaitable[BaseModel]] = getattr(handlers, route.handler)

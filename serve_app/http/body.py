@@ -52,10 +52,11 @@ def body_cap(limits: LimitsConfig, kind: str) -> int:
     return min(limits.max_body_bytes, image + text)
 
 
-async def read_body(request: Request, limits: LimitsConfig) -> bytes:
+async def read_body(request: Request, limits: LimitsConfig, max_bytes: int | None = None) -> bytes:
     """Read the body within ``limits.body_timeout_s``, refusing it as soon as it exceeds its
-    cap (:func:`body_cap`; declared or streamed)."""
-    max_bytes = body_cap(limits, media_type(request))
+    cap (``max_bytes``, else :func:`body_cap`; declared or streamed)."""
+    if max_bytes is None:
+        max_bytes = body_cap(limits, media_type(request))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"the request body exceeds {max_bytes} bytes")

@@ -9,7 +9,7 @@ from contextlib import aclosing
 from serve_app.contract.errors import ServeAppError
 from serve_app.contract.openai import ChatCompletionChunk, ChunkDelta
 from serve_app.http.errors import openai_error
-from serve_app.ingress.handlers import ChatStream
+from serve_app.ingress.text_stream import ChatStream
 
 STREAM_END = "data: [DONE]\n\n"
 

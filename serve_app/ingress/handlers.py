@@ -7,13 +7,8 @@ HTTP and no Ray here: the model deployment is reached through a ``ModelBackend``
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
-
-import numpy as np
 
 from serve_app.config import LimitsConfig, ModelConfig
 from serve_app.contract.api import (
@@ -23,33 +18,34 @@ from serve_app.contract.api import (
     GenerateResponse,
     GenerationParams,
     HealthResponse,
-    ImageSource,
     ModelCard,
     ModelLimits,
     ModelList,
+    RetrievalModelCard,
     VQARequest,
     VQAResponse,
 )
 from serve_app.contract.errors import (
-    GenerationFailedError,
     InvalidRequestError,
+    ModelNotFoundError,
     ModelUnavailableError,
-    RequestTimeoutError,
-    ServeAppError,
 )
 from serve_app.contract.openai import ChatCompletion, ChatCompletionRequest
-from serve_app.images.resize import fit_to_model_input
-from serve_app.images.sources import load_image, off_loop
+from serve_app.contract.retrieval import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    RankRequest,
+    RankResponse,
+)
 from serve_app.ingress.admission import Admission
-from serve_app.ingress.availability import ModelAvailability
 from serve_app.ingress.chat import Completion, ImagePrompt, chat_prompt
-from serve_app.ingress.model_client import ModelStream, as_service_error
+from serve_app.ingress.model_calls import ImageObserver, ModelCalls
+from serve_app.ingress.model_client import ModelStream
+from serve_app.ingress.retrieval import RetrievalHandlers
+from serve_app.ingress.text_stream import ChatStream, TextStream
 from serve_app.model.types import ModelImageInput, ModelRequest, ModelResult, ReplicaInfo
 
 ResultT = TypeVar("ResultT")
-
-READY_TIMEOUT_S = 5.0
-"""How long the first readiness probe (and each background probe) waits for a replica."""
 
 
 class ModelBackend(Protocol):
@@ -62,80 +58,28 @@ class ModelBackend(Protocol):
     async def describe(self) -> ReplicaInfo: ...
 
 
-class ImageObserver(Protocol):
-    """Told about every image decoded (metrics)."""
-
-    def on_image(self, seconds: float, size: int | None) -> None: ...
-
-
-@dataclass(frozen=True)
-class TextStream:
-    """A streamed generation that has started: its first event came from the model."""
-
-    stream: ModelStream
-    first: str | ModelResult
-    deadline: float
-    timeout_s: float
-
-    async def events(self) -> AsyncGenerator[str | ModelResult, None]:
-        """The text deltas as they come, then the result, within the request's deadline.
-
-        Failures arrive as the service's typed errors. Closed early (its consumer went away),
-        it cancels the model's work on the request.
-        """
-        finished = False
-        item = self.first
-        try:
-            while isinstance(item, str):
-                yield item
-                async with asyncio.timeout_at(self.deadline):
-                    item = await anext(self.stream)
-            finished = True
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request did not finish within {self.timeout_s:g} s"
-            ) from None
-        except ServeAppError:
-            raise
-        except Exception as exc:
-            error = as_service_error(exc)
-            if isinstance(error, ServeAppError):
-                raise error from exc
-            raise GenerationFailedError("the model failed on this request") from exc
-        finally:
-            if not finished:
-                self.stream.cancel()
-        yield item
-
-
-@dataclass(frozen=True)
-class ChatStream:
-    """A streamed chat completion that has started."""
-
-    completion: Completion
-    text: TextStream
-    include_usage: bool
-
-
 class Blip2Handlers:
     """Validates typed requests, decodes their images and asks the model deployment."""
 
     def __init__(
         self,
-        model: ModelBackend,
+        model: ModelBackend | None,
         config: ModelConfig,
         limits: LimitsConfig,
         observer: ImageObserver | None = None,
+        retrieval: RetrievalHandlers | None = None,
     ) -> None:
+        """Serve ``model`` (generation; None: not served) and ``retrieval`` (None: not served)."""
         self._model = model
         self._config = config
         self._limits = limits
-        self._observer = observer
         self._started = int(time.time())
-        self._availability = ModelAvailability(model.describe, probe_timeout_s=READY_TIMEOUT_S)
-        self._admission = Admission(limits.max_queue_wait_s)
-        self._image_input: ModelImageInput | None = None
-        self._image_input_known = False
+        self._calls = (
+            None
+            if model is None
+            else ModelCalls(model.describe, self._image_input, limits, observer)
+        )
+        self._retrieval = retrieval
 
     @property
     def limits(self) -> LimitsConfig:
@@ -144,8 +88,41 @@ class Blip2Handlers:
 
     @property
     def admission(self) -> Admission:
-        """Load shedding: the HTTP edge checks it before reading a body."""
-        return self._admission
+        """Load shedding of generation: the edges check it before reading a body.
+
+        Raises:
+            ModelNotFoundError: No generation model is served.
+        """
+        return self._generation()[1].admission
+
+    @property
+    def serves_generation(self) -> bool:
+        """Whether a generation model is served."""
+        return self._model is not None
+
+    @property
+    def serves_retrieval(self) -> bool:
+        """Whether a retrieval model is served."""
+        return self._retrieval is not None
+
+    @property
+    def retrieval(self) -> RetrievalHandlers:
+        """The embeddings and rank handlers.
+
+        Raises:
+            ModelNotFoundError: No retrieval model is served.
+        """
+        if self._retrieval is None:
+            raise ModelNotFoundError("this service serves no retrieval model", "model")
+        return self._retrieval
+
+    async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
+        """Embed texts and images into BLIP-2's shared space (see ``RetrievalHandlers``)."""
+        return await self.retrieval.embeddings(request)
+
+    async def rank(self, request: RankRequest) -> RankResponse:
+        """Rank candidate texts for an image, or candidate images for a text."""
+        return await self.retrieval.rank(request)
 
     async def vqa(self, request: VQARequest) -> VQAResponse:
         """Answer a question about an image."""
@@ -190,92 +167,80 @@ class Blip2Handlers:
             ImagePrompt(request.image, "prompt", request.prompt, request.params)
         )
 
-    async def models(self) -> ModelList:
-        """Describe the served model, its limits and its live batching settings."""
-        info = await self._deadline(self._ask(self._model.describe()))
-        limits = {**self._config.model_dump(), **self._limits.model_dump()}
-        card = ModelCard(
-            **info.model.model_dump(exclude={"image_input"}),
-            **info.batching.model_dump(),
-            id=self._config.name,
-            created=self._started,
-            vqa_prompt_template=self._config.vqa_prompt_template,
-            limits=ModelLimits.model_validate(
-                {name: limits[name] for name in ModelLimits.model_fields}
-            ),
-        )
-        return ModelList(data=[card])
+    async def models(self, retrieval: bool = True) -> ModelList:
+        """Describe the served models (the retrieval one unless ``retrieval`` is false), their
+        limits and their live batching settings."""
+        cards: list[ModelCard | RetrievalModelCard] = []
+        if self._model is not None and self._calls is not None:
+            info = await self._calls.within_deadline(self._calls.ask(self._model.describe()))
+            limits = {**self._config.model_dump(), **self._limits.model_dump()}
+            card = ModelCard(
+                **info.model.model_dump(exclude={"image_input"}),
+                **info.batching.model_dump(),
+                id=self._config.name,
+                created=self._started,
+                vqa_prompt_template=self._config.vqa_prompt_template,
+                limits=ModelLimits.model_validate(
+                    {name: limits[name] for name in ModelLimits.model_fields}
+                ),
+            )
+            cards.append(card)
+        if retrieval and self._retrieval is not None:
+            cards.append(await self._retrieval.card())
+        return ModelList(data=cards)
 
     async def ready(self) -> HealthResponse:
-        """Readiness: a model replica answered recently (this costs no model call)."""
-        if not await self._availability.available():
-            raise ModelUnavailableError("no model replica has answered recently")
+        """Readiness: a replica of every served model answered recently (no model call)."""
+        calls = [self._calls, self._retrieval.calls if self._retrieval else None]
+        for served in calls:
+            if served is not None and not await served.availability.available():
+                raise ModelUnavailableError("no model replica has answered recently")
         return HealthResponse()
+
+    def _generation(self) -> tuple[ModelBackend, ModelCalls]:
+        if self._model is None or self._calls is None:
+            raise ModelNotFoundError("this service serves no generation model", "model")
+        return self._model, self._calls
 
     async def _open_stream(self, turn: ImagePrompt, text_param: str = "prompt") -> TextStream:
         """Check the caller's limits, decode the image and wait for the model's first event."""
+        model, calls = self._generation()
         self._check_limits(turn.text, turn.params, text_param)
-        deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_s
+        deadline = calls.deadline()
 
         async def start() -> tuple[ModelStream, str | ModelResult]:
             # A stream is backlog until its first event: the wait it shares with the others.
-            with self._admission.admitted():
-                model_request = await self._model_request(turn, stream=True)
-                return await self._ask(self._model.open_stream(model_request))
+            with calls.admission.admitted():
+                model_request = await self._model_request(calls, turn, stream=True)
+                return await calls.ask(model.open_stream(model_request))
 
-        stream, first = await self._deadline(start(), deadline)
+        stream, first = await calls.within_deadline(start(), deadline)
         return TextStream(stream, first, deadline, self._limits.request_timeout_s)
 
     async def _run(self, prompt: ImagePrompt, text_param: str = "prompt") -> ModelResult:
         """Check the caller's limits, then decode the image and generate within the deadline."""
+        model, calls = self._generation()
         self._check_limits(prompt.text, prompt.params, text_param)
 
         async def run() -> ModelResult:
-            with self._admission.admitted():
-                model_request = await self._model_request(prompt)
-                return await self._ask(self._model.generate(model_request))
+            with calls.admission.admitted():
+                model_request = await self._model_request(calls, prompt)
+                return await calls.ask(model.generate(model_request))
 
-        return await self._deadline(run())
+        return await calls.within_deadline(run())
 
-    async def _model_request(self, turn: ImagePrompt, stream: bool = False) -> ModelRequest:
-        pixels = await self._decode(turn.image)
+    @staticmethod
+    async def _model_request(
+        calls: ModelCalls, turn: ImagePrompt, stream: bool = False
+    ) -> ModelRequest:
+        pixels = await calls.decode(turn.image)
         return ModelRequest(
             task=turn.task, text=turn.text, image=pixels, params=turn.params, stream=stream
         )
 
-    async def _decode(self, image: ImageSource) -> np.ndarray:
-        """The image's pixels, resized to the model's input in the same step once it is known
-        (until then an image is checked before the model is asked its input size)."""
-        known = self._image_input if self._image_input_known else None
-        started = time.perf_counter()
-        fetching = self._admission.set_aside()
-        pixels = await load_image(image, self._limits, fetching=fetching, fit=known)
-        if self._observer is not None:
-            self._observer.on_image(time.perf_counter() - started, image.size_hint)
-        if not self._image_input_known and (target := await self._model_image_input()):
-            pixels = await off_loop(fit_to_model_input, pixels, target)
-        return pixels
-
-    async def _model_image_input(self) -> ModelImageInput | None:
-        """The model's image input size, asked of a replica once; None: send images as decoded.
-
-        Resizing here, exactly as the model's processor would, sends the model replica a small
-        array instead of the full image and takes the resize off the replica's CPU.
-        """
-        if not self._image_input_known:
-            self._image_input = (await self._ask(self._model.describe())).model.image_input
-            self._image_input_known = True
-        return self._image_input
-
-    async def _ask(self, call: Awaitable[ResultT]) -> ResultT:
-        """Make a model call, noting whether a replica answered (for readiness)."""
-        try:
-            result = await call
-        except Exception as exc:
-            self._availability.record(exc)
-            raise
-        self._availability.record(None)
-        return result
+    async def _image_input(self) -> ModelImageInput | None:
+        model, _ = self._generation()
+        return (await model.describe()).model.image_input
 
     def _check_limits(self, text: str, params: GenerationParams, text_param: str) -> None:
         if len(text) > self._limits.max_prompt_chars:
@@ -284,15 +249,3 @@ class Blip2Handlers:
                 text_param,
             )
         self._config.effective_params(params)
-
-    async def _deadline(self, work: Awaitable[ResultT], deadline: float | None = None) -> ResultT:
-        """``work`` within the request's deadline (loop time; from now unless given)."""
-        if deadline is None:
-            deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_s
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await work
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request did not finish within {self._limits.request_timeout_s:g} s"
-            ) from None

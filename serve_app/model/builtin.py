@@ -11,17 +11,31 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-from serve_app.config import TINY_RANDOM_OPT, TINY_RANDOM_T5
-from serve_app.model.tiny import build_tiny_blip2
-from serve_app.model.types import Family
+from serve_app.config import (
+    DEMO_SHAPES,
+    DEMO_SHAPES_ITM,
+    TINY_RANDOM_ITM,
+    TINY_RANDOM_OPT,
+    TINY_RANDOM_T5,
+)
+from serve_app.model.tiny import build_tiny_blip2, build_tiny_blip2_itm
 
 BUILTIN_PREFIX = "builtin:"
-BUILTINS: dict[str, Family] = {TINY_RANDOM_OPT: "opt", TINY_RANDOM_T5: "t5"}
-DEMO_SHAPES = "builtin:shapes-blip2"
-"""A tiny BLIP-2 trained on the synthetic shapes task of :mod:`serve_app.demo.task`."""
-SHIPPED: dict[str, Path] = {DEMO_SHAPES: Path(__file__).parents[1] / "demo" / "shapes-blip2"}
+BUILDERS: dict[str, Callable[[Path], Path]] = {
+    TINY_RANDOM_OPT: partial(build_tiny_blip2, "opt"),
+    TINY_RANDOM_T5: partial(build_tiny_blip2, "t5"),
+    TINY_RANDOM_ITM: build_tiny_blip2_itm,
+}
+"""Builtin names of untrained models, and what builds each into a directory."""
+_DEMO = Path(__file__).parents[1] / "demo"
+SHIPPED: dict[str, Path] = {
+    DEMO_SHAPES: _DEMO / "shapes-blip2",
+    DEMO_SHAPES_ITM: _DEMO / "shapes-blip2-itm",
+}
 """Builtin names of checkpoints that ship as package data, and their directories."""
 RECIPE_VERSION = 1
 """Bump whenever the build recipe changes, so stale cached builds are not reused."""
@@ -53,9 +67,9 @@ def resolve_builtin(model_id: str, cache_dir: Path | None = None) -> Path | None
         return None
     if model_id in SHIPPED:
         return SHIPPED[model_id]
-    family = BUILTINS.get(model_id)
-    if family is None:
-        known = ", ".join(sorted([*BUILTINS, *SHIPPED]))
+    builder = BUILDERS.get(model_id)
+    if builder is None:
+        known = ", ".join(sorted([*BUILDERS, *SHIPPED]))
         raise ValueError(f"unknown builtin model {model_id!r}; known builtin models: {known}")
     root = (cache_dir if cache_dir is not None else default_cache_dir()) / "builtin"
     name = model_id[len(BUILTIN_PREFIX) :]
@@ -65,7 +79,7 @@ def resolve_builtin(model_id: str, cache_dir: Path | None = None) -> Path | None
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
-        build_tiny_blip2(family, staging)
+        builder(staging)
         try:
             os.rename(staging, target)
         except OSError:

@@ -60,26 +60,8 @@ class InputBuilder:
         return text
 
     def image_input(self) -> ModelImageInput | None:
-        """The size every image is resized to and Pillow's filter, if resizing elsewhere is exact.
-
-        That is so when the image processor is Pillow-based, resizes to a fixed size and does
-        not crop: the ingress can then resize with Pillow and the processor's own resize of an
-        image already at that size changes nothing. Otherwise None.
-        """
-        processor = self._processor.image_processor
-        size = getattr(processor, "size", None)
-        height, width = getattr(size, "height", None), getattr(size, "width", None)
-        if (
-            getattr(processor, "backend", None) != "pil"
-            or not getattr(processor, "do_resize", False)
-            or getattr(processor, "do_center_crop", False)
-            or not height
-            or not width
-        ):
-            return None
-        return ModelImageInput(
-            width=int(width), height=int(height), resample=int(processor.resample)
-        )
+        """The size images are resized to and Pillow's filter, if resizing elsewhere is exact."""
+        return image_input_of(self._processor.image_processor)
 
     def prepare_all(
         self, requests: Sequence[tuple[int, ModelRequest, int]]
@@ -91,7 +73,7 @@ class InputBuilder:
         its prompt and ``max_new_tokens`` do not fit the model (``InvalidRequestError``), or it
         makes the tokenizer or image processor fail.
         """
-        images_ok = [_is_rgb_array(request.image) for _, request, _ in requests]
+        images_ok = [is_rgb_array(request.image) for _, request, _ in requests]
         valid = [item for item, ok in zip(requests, images_ok, strict=True) if ok]
         prepared = iter(self._prepare_isolated(valid))
         return [
@@ -173,7 +155,8 @@ class InputBuilder:
         return ids, mask
 
 
-def _is_rgb_array(image: object) -> bool:
+def is_rgb_array(image: object) -> bool:
+    """Whether ``image`` is a non-empty RGB ``uint8`` array of shape (height, width, 3)."""
     return (
         isinstance(image, np.ndarray)
         and image.dtype == np.uint8
@@ -181,4 +164,27 @@ def _is_rgb_array(image: object) -> bool:
         and image.shape[2] == 3
         and image.shape[0] > 0
         and image.shape[1] > 0
+    )
+
+
+def image_input_of(image_processor: Any) -> ModelImageInput | None:
+    """The size ``image_processor`` resizes every image to and Pillow's filter, if resizing
+    elsewhere is exact.
+
+    That is so when the image processor is Pillow-based, resizes to a fixed size and does not
+    crop: the ingress can then resize with Pillow and the processor's own resize of an image
+    already at that size changes nothing. Otherwise None.
+    """
+    size = getattr(image_processor, "size", None)
+    height, width = getattr(size, "height", None), getattr(size, "width", None)
+    if (
+        getattr(image_processor, "backend", None) != "pil"
+        or not getattr(image_processor, "do_resize", False)
+        or getattr(image_processor, "do_center_crop", False)
+        or not height
+        or not width
+    ):
+        return None
+    return ModelImageInput(
+        width=int(width), height=int(height), resample=int(image_processor.resample)
     )

@@ -1,6 +1,6 @@
-"""Untrained tiny BLIP-2 checkpoints (OPT and Flan-T5 families), built offline and saved like a
-real Hub checkpoint: ``model.safetensors``, the configs, a ``Blip2Processor`` (image processor
-and byte-level BPE tokenizer) and a generation config.
+"""Untrained tiny BLIP-2 checkpoints (OPT and Flan-T5 families, and a retrieval model), built
+offline and saved like a real Hub checkpoint: ``model.safetensors``, the configs, a
+``Blip2Processor`` (image processor and byte-level BPE tokenizer) and a generation config.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def _init_weights(model: Any, seed: int, muted_ids: list[int]) -> None:
                 param.copy_(normal * (2.0 if text else 1.0) / param[0].numel() ** 0.5)
             else:
                 param.copy_(normal)
-        model.get_output_embeddings().weight[muted_ids] *= 0.05
+        if muted_ids:
+            model.get_output_embeddings().weight[muted_ids] *= 0.05
 
 
 def _muted_ids(tokenizer: Any) -> list[int]:
@@ -195,6 +196,57 @@ def build_tiny_blip2(family: Family, directory: Path, seed: int = 0) -> Path:
     else:
         generation["decoder_start_token_id"] = tok.pad_token_id
     model.generation_config = hf.GenerationConfig(**generation)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_blip2_itm(directory: Path, seed: int = 0) -> Path:
+    """Build an untrained tiny ``Blip2ForImageTextRetrieval`` and save it, with its processor.
+
+    Its tokenizer is the OPT family's; texts carry no image tokens.
+
+    Returns:
+        ``directory``, loadable with ``Blip2ForImageTextRetrieval.from_pretrained``.
+    """
+    import torch
+
+    hf = transformers()
+    tokenizer = _build_tokenizer("opt")
+    tokenizer.padding_side = "right"
+    image_processor = hf.BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = hf.Blip2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    vision_config = hf.Blip2VisionConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+    qformer_config = hf.Blip2QFormerConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        encoder_hidden_size=HIDDEN,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=64,
+        use_qformer_text_input=True,
+    )
+    config = hf.Blip2Config(
+        vision_config=vision_config.to_dict(),
+        qformer_config=qformer_config.to_dict(),
+        num_query_tokens=NUM_QUERY_TOKENS,
+        image_text_hidden_size=HIDDEN,
+        image_token_index=None,
+    )
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
+        model = hf.Blip2ForImageTextRetrieval(config)
+    _init_weights(model, seed, muted_ids=[])
+    model.eval()
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)

@@ -44,6 +44,8 @@ def fit_for_tests(config: dict[str, Any]) -> dict[str, Any]:
     args = config["applications"][0]["args"]
     args["model_deployment"].update(num_gpus=1, num_cpus=0)
     args["ingress_deployment"].update(num_cpus=0)
+    if "retrieval_deployment" in args:
+        args["retrieval_deployment"].update(num_gpus=0, num_cpus=0)
     return config
 
 

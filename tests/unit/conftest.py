@@ -1,4 +1,5 @@
-"""The tiny BLIP-2 models, built once per test session into one fresh cache."""
+"""The tiny BLIP-2 models (generation and retrieval), built once per test session into one
+fresh cache."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.config import TINY_RANDOM_OPT, TINY_RANDOM_T5, ModelConfig
+from serve_app.config import (
+    TINY_RANDOM_ITM,
+    TINY_RANDOM_OPT,
+    TINY_RANDOM_T5,
+    ModelConfig,
+    RetrievalModelConfig,
+)
 from serve_app.model.blip2 import Blip2Model
+from serve_app.model.retrieval import Blip2Retrieval
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +38,9 @@ def model(request: pytest.FixtureRequest, cache_dir: Path) -> Blip2Model:
 def opt_model(cache_dir: Path) -> Blip2Model:
     """The builtin tiny OPT-family model."""
     return Blip2Model.load(ModelConfig(model_id=TINY_RANDOM_OPT))
+
+
+@pytest.fixture(scope="session")
+def retrieval_model(cache_dir: Path) -> Blip2Retrieval:
+    """The builtin tiny retrieval model."""
+    return Blip2Retrieval.load(RetrievalModelConfig(model_id=TINY_RANDOM_ITM, max_text_tokens=24))

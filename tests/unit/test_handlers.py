@@ -22,7 +22,7 @@ from serve_app.contract.errors import (
     RequestTimeoutError,
 )
 from serve_app.contract.openai import ChatCompletionRequest
-from serve_app.ingress import handlers as handlers_module
+from serve_app.ingress import model_calls as model_calls_module
 from serve_app.ingress.handlers import Blip2Handlers
 from tests.support.fakes import FakeModelBackend
 from tests.support.images import image_bytes
@@ -106,7 +106,7 @@ def test_a_request_past_its_deadline_is_a_timeout() -> None:
 def test_readiness_fails_when_no_replica_answers_in_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(handlers_module, "READY_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(model_calls_module, "READY_TIMEOUT_S", 0.05)
     slow = Blip2Handlers(FakeModelBackend(seconds=1.0), MODEL, LimitsConfig())
     with pytest.raises(ModelUnavailableError):
         asyncio.run(slow.ready())

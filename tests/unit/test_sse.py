@@ -9,7 +9,7 @@ from typing import Any
 from serve_app.contract.errors import ModelOverloadedError
 from serve_app.http.sse import STREAM_END, chat_events
 from serve_app.ingress.chat import Completion
-from serve_app.ingress.handlers import ChatStream, TextStream
+from serve_app.ingress.text_stream import ChatStream, TextStream
 from serve_app.model.types import ModelResult
 from tests.support.fakes import FakeModelStream
 
