@@ -35,12 +35,15 @@ class InProcessBatcher:
 
     def __init__(self, model: Blip2Model, max_batch_size: int):
         self._model = model
-        self._scheduler = BatchScheduler(self._generate, max_batch_size)
+        self._scheduler: BatchScheduler[ModelRequest, ModelResult] = BatchScheduler(
+            self._generate, max_batch_size
+        )
         self.batch_sizes: Counter[int] = Counter()
 
     async def generate(self, request: ModelRequest) -> ModelResult | Exception:
         """One request's outcome once its batch has run."""
-        queued = QueuedRequest(request, RequestStream())
+        stream: RequestStream[ModelResult] = RequestStream()
+        queued = QueuedRequest(request, stream)
         self._scheduler.submit([queued])
         return await queued.stream.outcome()
 

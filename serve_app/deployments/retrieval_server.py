@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from serve_app.batching.batcher import RequestBatcher
 from serve_app.config import BatchingConfig, RetrievalModelConfig
@@ -28,6 +28,7 @@ from serve_app.model.retrieval_types import (
     MatchRequest,
     MatchResult,
     RetrievalInfo,
+    RetrievalReplicaInfo,
     RetrievalRequest,
     RetrievalResult,
     TextEmbedding,
@@ -56,15 +57,6 @@ def load_retrieval(config: RetrievalModelConfig) -> RetrievalModel:
     from serve_app.model.retrieval import Blip2Retrieval
 
     return Blip2Retrieval.load(config)
-
-
-class RetrievalReplicaInfo(BaseModel):
-    """What a retrieval replica serves: its model and its live batching settings."""
-
-    model_config = ConfigDict(frozen=True)
-
-    model: RetrievalInfo
-    batching: BatchingConfig
 
 
 class Blip2RetrievalServer:

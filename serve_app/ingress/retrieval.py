@@ -26,13 +26,13 @@ from serve_app.contract.retrieval import (
     RankResponse,
     RankResult,
 )
-from serve_app.deployments.retrieval_server import RetrievalReplicaInfo
 from serve_app.ingress.model_calls import ImageObserver, ModelCalls
 from serve_app.model.retrieval_types import (
     ImageEmbedding,
     ImageEmbeddingRequest,
     MatchRequest,
     MatchResult,
+    RetrievalReplicaInfo,
     RetrievalRequest,
     RetrievalResult,
     TextEmbedding,
@@ -90,12 +90,8 @@ class RetrievalHandlers:
 
         async def run() -> list[RetrievalResult]:
             with self.calls.admission.admitted():
-                info = await self._info()
-                if request.dimensions is not None and request.dimensions != info.model.dimensions:
-                    raise InvalidRequestError(
-                        f"dimensions must be {info.model.dimensions}, this model's vector length",
-                        "dimensions",
-                    )
+                if request.dimensions is not None:
+                    await self._check_dimensions(request.dimensions)
                 pixels = await self._decode_all(images, "images")
                 calls: list[RetrievalRequest] = [
                     TextEmbeddingRequest(text=text, param=param)
@@ -117,8 +113,8 @@ class RetrievalHandlers:
                 vector = _encoded(result.vector, request.encoding_format)
                 data.append(Embedding(index=index, embedding=vector, input_type="text"))
             elif isinstance(result, ImageEmbedding):
-                queries = result.queries
-                array = _pooled(queries) if request.image_embedding == "pooled" else queries
+                pooled = request.image_embedding == "pooled"
+                array = result.pooled() if pooled else result.queries
                 vector = _encoded(array, request.encoding_format)
                 data.append(Embedding(index=index, embedding=vector, input_type="image"))
         usage = EmbeddingsUsage(prompt_tokens=tokens, total_tokens=tokens)
@@ -175,6 +171,14 @@ class RetrievalHandlers:
             max_candidates=self._config.max_candidates,
         )
 
+    async def _check_dimensions(self, dimensions: int) -> None:
+        """A caller's ``dimensions`` must be the model's vector length (nothing is truncated)."""
+        length = (await self._info()).model.dimensions
+        if dimensions != length:
+            raise InvalidRequestError(
+                f"dimensions must be {length}, this model's vector length", "dimensions"
+            )
+
     async def _info(self) -> RetrievalReplicaInfo:
         return await self.calls.ask(self._model.describe())
 
@@ -202,13 +206,6 @@ class RetrievalHandlers:
             raise InvalidRequestError(
                 f"{param} is longer than {self._limits.max_prompt_chars} characters", param
             )
-
-
-def _pooled(queries: np.ndarray) -> np.ndarray:
-    """The mean of an image's query vectors, normalised."""
-    mean = queries.mean(axis=0)
-    pooled: np.ndarray = mean / max(float(np.linalg.norm(mean)), 1e-12)
-    return pooled
 
 
 def _encoded(array: np.ndarray, encoding: str) -> list[float] | list[list[float]] | str:

@@ -7,10 +7,8 @@ caps, or an error inside the model) gets its own exception without failing the o
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,9 +16,8 @@ import torch
 from serve_app.config import ModelConfig
 from serve_app.contract.api import GenerationParams
 from serve_app.contract.errors import GenerationFailedError, InvalidImageError, InvalidRequestError
-from serve_app.model.builtin import resolve_builtin
-from serve_app.model.devices import resolve_device, resolve_dtype
 from serve_app.model.inputs import InputBuilder, PreparedRequest
+from serve_app.model.loading import load_checkpoint
 from serve_app.model.output_text import OutputText
 from serve_app.model.step_tracker import StepTracker, TrackedRow
 from serve_app.model.types import (
@@ -72,36 +69,13 @@ class Blip2Model:
 
     @classmethod
     def load(cls, config: ModelConfig) -> Blip2Model:
-        """Load the processor and model that ``config`` names.
-
-        A ``builtin:`` name is built (once, cached) by :func:`resolve_builtin`; anything else is
-        a Hugging Face id or a local directory handed to ``from_pretrained``. ``cpu_threads``,
-        if set, caps torch's CPU threads in this process.
+        """Load the processor and model that ``config`` names (see :func:`load_checkpoint`).
 
         Raises:
             ValueError: Unknown builtin name, or ``device='cuda'`` without CUDA.
         """
-        hf: Any = importlib.import_module("transformers")
-        if config.cpu_threads is not None:
-            torch.set_num_threads(config.cpu_threads)
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
-        builtin = resolve_builtin(config.model_id)
-        source = str(builtin) if builtin is not None else config.model_id
-        revision = None if builtin is not None else config.revision
-        # Pillow preprocessing on every machine, torchvision installed or not: the same pixels
-        # everywhere, and the ingress can resize exactly as the processor would.
-        processor = hf.Blip2Processor.from_pretrained(source, revision=revision, backend="pil")
-        model = hf.Blip2ForConditionalGeneration.from_pretrained(
-            source, revision=revision, dtype=dtype
-        )
-        model.to(device)
-        model.eval()
-        logger.info("loaded %s on %s as %s", config.model_id, device, dtype)
-        # A local directory is named by its folder only: callers never see server paths.
-        local = builtin is None and Path(source).is_dir()
-        name = Path(source).name if local else config.model_id
-        return cls(config, name, processor, model, device, dtype)
+        loaded = load_checkpoint(config, "Blip2ForConditionalGeneration", "Blip2Processor")
+        return cls(config, loaded.name, loaded.processor, loaded.model, loaded.device, loaded.dtype)
 
     @property
     def config(self) -> ModelConfig:

@@ -8,10 +8,8 @@ limit, or an error inside the model) gets its own exception without failing the 
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +19,8 @@ from PIL import Image
 from serve_app.config import RetrievalModelConfig
 from serve_app.contract.errors import GenerationFailedError, InvalidImageError, InvalidRequestError
 from serve_app.model import retrieval_forward as heads
-from serve_app.model.builtin import resolve_builtin
-from serve_app.model.devices import resolve_device, resolve_dtype
 from serve_app.model.inputs import image_input_of, is_rgb_array
+from serve_app.model.loading import load_checkpoint
 from serve_app.model.retrieval_types import (
     ImageEmbedding,
     ImageEmbeddingRequest,
@@ -65,29 +62,13 @@ class Blip2Retrieval:
 
     @classmethod
     def load(cls, config: RetrievalModelConfig) -> Blip2Retrieval:
-        """Load the processor and model that ``config`` names (as ``Blip2Model.load`` does).
+        """Load the processor and model that ``config`` names (see :func:`load_checkpoint`).
 
         Raises:
             ValueError: Unknown builtin name, or ``device='cuda'`` without CUDA.
         """
-        hf: Any = importlib.import_module("transformers")
-        if config.cpu_threads is not None:
-            torch.set_num_threads(config.cpu_threads)
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
-        builtin = resolve_builtin(config.model_id)
-        source = str(builtin) if builtin is not None else config.model_id
-        revision = None if builtin is not None else config.revision
-        processor = hf.AutoProcessor.from_pretrained(source, revision=revision, backend="pil")
-        model = hf.Blip2ForImageTextRetrieval.from_pretrained(
-            source, revision=revision, dtype=dtype
-        )
-        model.to(device)
-        model.eval()
-        logger.info("loaded %s on %s as %s", config.model_id, device, dtype)
-        local = builtin is None and Path(source).is_dir()
-        name = Path(source).name if local else config.model_id
-        return cls(config, name, processor, model, device, dtype)
+        loaded = load_checkpoint(config, "Blip2ForImageTextRetrieval")
+        return cls(config, loaded.name, loaded.processor, loaded.model, loaded.device, loaded.dtype)
 
     def info(self) -> RetrievalInfo:
         """What is loaded: source, dtype, device, query tokens, vector length, text limit."""

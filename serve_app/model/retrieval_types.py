@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serve_app.config import BatchingConfig
 from serve_app.model.types import ModelImageInput
 
 RgbImage = np.ndarray[Any, np.dtype[np.uint8]]
@@ -79,6 +80,19 @@ class ImageEmbedding(_Frozen):
 
     queries: Vectors
 
+    def pooled(self) -> Vectors:
+        """One unit vector for the image (see :func:`pool`)."""
+        return pool(self.queries)
+
+
+def pool(queries: Vectors) -> Vectors:
+    """The normalised mean of query vectors (over the second-to-last axis): one unit vector per
+    image, for stores that hold one vector per item."""
+    mean = queries.mean(axis=-2)
+    norm = np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+    pooled: Vectors = (mean / norm).astype(np.float32)
+    return pooled
+
 
 class TextEmbedding(_Frozen):
     """A text's contrastive embedding (L2-normalised) and its length in tokens."""
@@ -114,3 +128,12 @@ class RetrievalInfo(BaseModel):
     dimensions: int = Field(description="Length of every embedding vector.")
     max_text_tokens: int
     image_input: ModelImageInput | None = None
+
+
+class RetrievalReplicaInfo(BaseModel):
+    """What a retrieval replica serves: its model and its live batching settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: RetrievalInfo
+    batching: BatchingConfig

@@ -105,6 +105,29 @@ def _init_weights(model: Any, seed: int, muted_ids: list[int]) -> None:
             model.get_output_embeddings().weight[muted_ids] *= 0.05
 
 
+def _vision_config(hf: Any) -> Any:
+    return hf.Blip2VisionConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+
+
+def _qformer_config(hf: Any, vocab_size: int, **extra: Any) -> Any:
+    return hf.Blip2QFormerConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        encoder_hidden_size=HIDDEN,
+        vocab_size=vocab_size,
+        **extra,
+    )
+
+
 def _muted_ids(tokenizer: Any) -> list[int]:
     """Ids of tokens that do not decode to printable ASCII, and specials other than eos."""
     muted = []
@@ -169,22 +192,8 @@ def build_tiny_blip2(family: Family, directory: Path, seed: int = 0) -> Path:
             feed_forward_proj="gated-gelu",
             tie_word_embeddings=False,
         )
-    vision_config = hf.Blip2VisionConfig(
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-    )
-    qformer_config = hf.Blip2QFormerConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        encoder_hidden_size=HIDDEN,
-        vocab_size=vocab_size,
-    )
+    vision_config = _vision_config(hf)
+    qformer_config = _qformer_config(hf, vocab_size)
     config = blip2_config(vision_config, qformer_config, text_config, NUM_QUERY_TOKENS, tok)
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
         model = hf.Blip2ForConditionalGeneration(config)
@@ -217,21 +226,10 @@ def build_tiny_blip2_itm(directory: Path, seed: int = 0) -> Path:
     tokenizer.padding_side = "right"
     image_processor = hf.BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     processor = hf.Blip2Processor(image_processor=image_processor, tokenizer=tokenizer)
-    vision_config = hf.Blip2VisionConfig(
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-    )
-    qformer_config = hf.Blip2QFormerConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        encoder_hidden_size=HIDDEN,
-        vocab_size=len(tokenizer),
+    vision_config = _vision_config(hf)
+    qformer_config = _qformer_config(
+        hf,
+        len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         max_position_embeddings=64,
         use_qformer_text_input=True,

@@ -15,7 +15,6 @@ from serve_app.config import BatchingConfig, LimitsConfig, ModelConfig, Retrieva
 from serve_app.contract.api import ImageSource, VQARequest
 from serve_app.contract.errors import ModelNotFoundError, ServeAppError
 from serve_app.contract.retrieval import EmbeddingsRequest, RankRequest
-from serve_app.deployments.retrieval_server import RetrievalReplicaInfo
 from serve_app.http.body import validate
 from serve_app.ingress.handlers import Blip2Handlers
 from serve_app.ingress.retrieval import RetrievalHandlers
@@ -23,6 +22,7 @@ from serve_app.model.retrieval import Blip2Retrieval
 from serve_app.model.retrieval_types import (
     MatchRequest,
     MatchResult,
+    RetrievalReplicaInfo,
     RetrievalRequest,
     RetrievalResult,
 )

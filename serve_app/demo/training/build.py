@@ -39,12 +39,17 @@ class Architecture:
 
     def encoder(self, hidden: int, layers: int) -> dict[str, int]:
         """The transformer sizes of the vision encoder or the Q-Former."""
-        return {
-            "hidden_size": hidden,
-            "intermediate_size": self.mlp_ratio * hidden,
-            "num_hidden_layers": layers,
-            "num_attention_heads": self.heads,
-        }
+        return encoder_sizes(hidden, layers, self.mlp_ratio, self.heads)
+
+
+def encoder_sizes(hidden: int, layers: int, mlp_ratio: int, heads: int) -> dict[str, int]:
+    """A transformer encoder's sizes, as BLIP-2's vision and Q-Former configs name them."""
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": mlp_ratio * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+    }
 
 
 def vocabulary() -> list[str]:

@@ -15,7 +15,7 @@ import argparse
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -117,13 +117,13 @@ def batches(settings: Settings) -> Iterator[list[list[task.Example]]]:
         yield [task.examples_for(scene, rng) for scene in scenes]
 
 
-def schedule(settings: Settings) -> Any:
-    """Linear warm-up, then cosine decay to zero."""
+def schedule(steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """The learning rate's factor at each step: linear warm-up, then cosine decay to zero."""
 
     def factor(step: int) -> float:
-        if step < settings.warmup_steps:
-            return (step + 1) / settings.warmup_steps
-        progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
@@ -134,7 +134,9 @@ def train(model: Any, processor: Any, settings: Settings) -> float:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(settings))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, schedule(settings.steps, settings.warmup_steps)
+    )
     model.train()
     recent: list[float] = []
     progress = tqdm(islice(batches(settings), settings.steps), total=settings.steps, unit="step")
