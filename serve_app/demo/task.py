@@ -153,7 +153,11 @@ def _apart(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
 def caption(scene: Scene) -> str:
     """The canonical caption: groups in colour then shape order, e.g. "a red circle, two green
     squares and a blue triangle"."""
-    kinds = scene.kinds()
+    return describe(scene.kinds())
+
+
+def describe(kinds: Counter[Kind]) -> str:
+    """The canonical caption of a scene holding ``kinds``."""
     order = sorted(kinds, key=lambda kind: (list(COLORS).index(kind[0]), SHAPES.index(kind[1])))
     parts = [_phrase(kinds[kind], *kind) for kind in order]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
@@ -161,6 +165,24 @@ def caption(scene: Scene) -> str:
 
 def _phrase(count: int, color: str, shape: str) -> str:
     return f"a {color} {shape}" if count == 1 else f"{NUMBERS[count]} {color} {shape}s"
+
+
+def altered_caption(scene: Scene, rng: random.Random) -> str:
+    """A hard negative: the scene's caption with one group's colour or count changed.
+
+    The colour changes to one no object of that shape has; the count to another from one to
+    ``MAX_OBJECTS``. The result always describes a different set of objects.
+    """
+    kinds = scene.kinds()
+    color, shape = rng.choice(sorted(kinds))
+    free = [c for c in COLORS if (c, shape) not in kinds]
+    altered = Counter(kinds)
+    if free and rng.random() < 0.5:
+        altered[(rng.choice(free), shape)] = altered.pop((color, shape))
+    else:
+        count = kinds[(color, shape)]
+        altered[(color, shape)] = rng.choice([n for n in range(1, MAX_OBJECTS + 1) if n != count])
+    return describe(altered)
 
 
 def ask(family: Family, scene: Scene, rng: random.Random) -> tuple[str, str] | None:

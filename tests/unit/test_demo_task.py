@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from serve_app.demo.task import (
     Example,
     Scene,
     Shape,
+    altered_caption,
     caption,
     judge,
     parse_caption,
+    random_scene,
     sample,
 )
 from tests.support.serving import REPO_ROOT
@@ -178,3 +181,23 @@ def test_shipped_example_images_come_from_the_task(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in shipped.iterdir())
     for path in tmp_path.iterdir():
         assert path.read_bytes() == (shipped / path.name).read_bytes(), path.name
+
+
+def test_a_hard_negative_changes_one_groups_colour_or_count() -> None:
+    rng = random.Random(5)
+    changes: Counter[str] = Counter()
+    for _ in range(300):
+        scene = random_scene(rng)
+        kinds = scene.kinds()
+        altered = parse_caption(altered_caption(scene, rng))
+        assert altered is not None and altered != kinds
+        gone, new = set(kinds) - set(altered), set(altered) - set(kinds)
+        if not gone and not new:
+            assert sum(kinds[k] != altered[k] for k in kinds) == 1
+            changes["count"] += 1
+        else:
+            ((old_color, shape),), ((new_color, new_shape),) = gone, new
+            assert shape == new_shape and old_color != new_color
+            assert kinds[(old_color, shape)] == altered[(new_color, shape)]
+            changes["colour"] += 1
+    assert min(changes.values()) > 50, changes
