@@ -1,10 +1,16 @@
-"""BLIP-2 visual question answering and captioning on Ray Serve.
+"""BLIP-2 visual question answering, captioning and image-text retrieval on Ray Serve.
 
 The public names are importable from here without loading Ray, torch or transformers;
 the application builder lives in ``serve_app.app:build_app``.
 """
 
-from serve_app.config import AppConfig, BatchingConfig, LimitsConfig, ModelConfig
+from serve_app.config import (
+    AppConfig,
+    BatchingConfig,
+    LimitsConfig,
+    ModelConfig,
+    RetrievalModelConfig,
+)
 from serve_app.contract.api import (
     CaptionRequest,
     CaptionResponse,
@@ -17,6 +23,12 @@ from serve_app.contract.api import (
     VQAResponse,
 )
 from serve_app.contract.errors import ServeAppError
+from serve_app.contract.retrieval import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    RankRequest,
+    RankResponse,
+)
 from serve_app.grpc.client import Blip2GrpcClient
 
 __all__ = [
@@ -25,6 +37,8 @@ __all__ = [
     "Blip2GrpcClient",
     "CaptionRequest",
     "CaptionResponse",
+    "EmbeddingsRequest",
+    "EmbeddingsResponse",
     "GenerateRequest",
     "GenerateResponse",
     "GenerationParams",
@@ -32,6 +46,9 @@ __all__ = [
     "LimitsConfig",
     "ModelConfig",
     "ModelList",
+    "RankRequest",
+    "RankResponse",
+    "RetrievalModelConfig",
     "ServeAppError",
     "VQARequest",
     "VQAResponse",

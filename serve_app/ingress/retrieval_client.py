@@ -7,11 +7,11 @@ from typing import Any
 from ray.serve.context import _get_serve_request_context
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.deployments.retrieval_server import RetrievalReplicaInfo
 from serve_app.ingress.model_client import call_with_retry, until_done
 from serve_app.model.retrieval_types import (
     MatchRequest,
     MatchResult,
+    RetrievalReplicaInfo,
     RetrievalRequest,
     RetrievalResult,
 )

@@ -131,10 +131,11 @@ def test_raw_prompt(url: str, reference: Blip2Model) -> None:
     )
 
 
-def test_models_route_describes_the_loaded_model(url: str) -> None:
+def test_models_route_describes_the_loaded_models(url: str) -> None:
     response = requests.get(f"{url}/v1/models", timeout=30)
     assert response.status_code == 200
-    (card,) = response.json()["data"]
+    card, retrieval = response.json()["data"]
+    assert (retrieval["id"], retrieval["task"]) == ("builtin:shapes-blip2-itm", "retrieval")
     assert card["id"] == "builtin:shapes-blip2"
     assert (card["family"], card["dtype"], card["device"]) == ("opt", "float32", "cpu")
     assert card["max_batch_size"] == 16
