@@ -8,7 +8,12 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.deployment import Deployment
 
-from serve_app.config import AppConfig, BatchingConfig, ModelDeploymentConfig
+from serve_app.config import (
+    AppConfig,
+    BatchingConfig,
+    CheckpointConfig,
+    ModelDeploymentConfig,
+)
 from serve_app.deployments.ingress import Blip2Ingress
 from serve_app.deployments.retrieval_server import Blip2RetrievalServer, RetrievalModelFactory
 from serve_app.deployments.server import Blip2Server, ModelFactory
@@ -44,30 +49,24 @@ def build_application(
         batching: The model deployments' initial ``user_config`` (defaults otherwise).
         retrieval_factory: Another retrieval model than configured (tests).
     """
-    server = None
-    model_options = config.model
+    model_options, retrieval_options = config.model, config.retrieval
+    server = retrieval = None
     if model_options is not None:
-        options = config.model_deployment
-        if model_options.cpu_threads is None:
-            threads = _threads(options)
-            model_options = model_options.model_copy(update={"cpu_threads": threads})
-        server = _model_deployment(MODEL_DEPLOYMENT, Blip2Server, options, batching).bind(
-            model_options, options.max_ongoing_requests, options.batch_timeout_s, model_factory
+        server = _bind_model(
+            MODEL_DEPLOYMENT,
+            Blip2Server,
+            model_options,
+            config.model_deployment,
+            batching,
+            model_factory,
         )
-    retrieval = None
-    retrieval_options = config.retrieval
     if retrieval_options is not None:
-        options = config.retrieval_deployment
-        if retrieval_options.cpu_threads is None:
-            threads = _threads(options)
-            retrieval_options = retrieval_options.model_copy(update={"cpu_threads": threads})
-        deployment = _model_deployment(
-            RETRIEVAL_DEPLOYMENT, Blip2RetrievalServer, options, batching
-        )
-        retrieval = deployment.bind(
+        retrieval = _bind_model(
+            RETRIEVAL_DEPLOYMENT,
+            Blip2RetrievalServer,
             retrieval_options,
-            options.max_ongoing_requests,
-            options.batch_timeout_s,
+            config.retrieval_deployment,
+            batching,
             retrieval_factory,
         )
     ingress_options = config.ingress_deployment
@@ -91,9 +90,22 @@ def build_application(
     )
 
 
-def _threads(options: ModelDeploymentConfig) -> int:
-    """torch threads for a replica: its CPUs, at least one."""
-    return max(1, math.ceil(options.num_cpus))
+def _bind_model(
+    name: str,
+    cls: type[Any],
+    settings: CheckpointConfig,
+    options: ModelDeploymentConfig,
+    batching: BatchingConfig | None,
+    factory: Any,
+) -> Application:
+    """A model deployment bound to its settings; torch gets the replica's CPUs (at least one)
+    unless ``cpu_threads`` says otherwise."""
+    if settings.cpu_threads is None:
+        threads = max(1, math.ceil(options.num_cpus))
+        settings = settings.model_copy(update={"cpu_threads": threads})
+    return _model_deployment(name, cls, options, batching).bind(
+        settings, options.max_ongoing_requests, options.batch_timeout_s, factory
+    )
 
 
 def _model_deployment(

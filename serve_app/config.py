@@ -35,13 +35,11 @@ Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float16", "bfloat16", "float32"]
 
 
-class ModelConfig(StrictModel):
-    """Which BLIP-2 to load, where, and the generation limits callers must stay within."""
+class CheckpointConfig(StrictModel):
+    """Which checkpoint a model replica loads, and where it runs."""
 
     model_id: str = Field(
-        TINY_RANDOM_OPT,
-        description="Hugging Face model id, local directory, or a 'builtin:' name.",
-        min_length=1,
+        description="Hugging Face model id, local directory, or a 'builtin:' name.", min_length=1
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     served_name: str | None = Field(
@@ -49,13 +47,28 @@ class ModelConfig(StrictModel):
     )
     device: Device = "auto"
     dtype: DType = Field("auto", description="auto = float16 on CUDA, float32 on CPU.")
-    vqa_prompt_template: str = Field(
-        DEFAULT_VQA_TEMPLATE, description="Prompt for VQA; must contain '{question}'."
-    )
     cpu_threads: int | None = Field(
         None,
         ge=1,
         description="torch CPU threads in a model replica; its num_cpus (at least 1) if unset.",
+    )
+
+    @property
+    def name(self) -> str:
+        """The model name clients see."""
+        return self.served_name or self.model_id
+
+
+class ModelConfig(CheckpointConfig):
+    """Which BLIP-2 to load, where, and the generation limits callers must stay within."""
+
+    model_id: str = Field(
+        TINY_RANDOM_OPT,
+        description="Hugging Face model id, local directory, or a 'builtin:' name.",
+        min_length=1,
+    )
+    vqa_prompt_template: str = Field(
+        DEFAULT_VQA_TEMPLATE, description="Prompt for VQA; must contain '{question}'."
     )
     default_max_new_tokens: int = Field(30, ge=1)
     max_new_tokens_limit: int = Field(128, ge=1)
@@ -77,11 +90,6 @@ class ModelConfig(StrictModel):
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
         return self
-
-    @property
-    def name(self) -> str:
-        """The model name clients see."""
-        return self.served_name or self.model_id
 
     def effective_params(self, params: GenerationParams) -> GenerationParams:
         """``params`` with the server's defaults applied, checked against its caps.
@@ -108,7 +116,7 @@ class ModelConfig(StrictModel):
         return params.model_copy(update=update)
 
 
-class RetrievalModelConfig(StrictModel):
+class RetrievalModelConfig(CheckpointConfig):
     """Which BLIP-2 retrieval model (``Blip2ForImageTextRetrieval``) to load, and its limits."""
 
     model_id: str = Field(
@@ -116,27 +124,11 @@ class RetrievalModelConfig(StrictModel):
         "'builtin:' name.",
         min_length=1,
     )
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
-    served_name: str | None = Field(
-        None, description="Name reported to clients; model_id if unset."
-    )
-    device: Device = "auto"
-    dtype: DType = Field("auto", description="auto = float16 on CUDA, float32 on CPU.")
-    cpu_threads: int | None = Field(
-        None,
-        ge=1,
-        description="torch CPU threads in a model replica; its num_cpus (at least 1) if unset.",
-    )
     max_text_tokens: int = Field(
         64, ge=1, le=512, description="Longest text, in the model's tokens, callers may send."
     )
     max_inputs: int = Field(64, ge=1, description="Images plus texts in one embeddings request.")
     max_candidates: int = Field(64, ge=1, description="Candidates in one rank request.")
-
-    @property
-    def name(self) -> str:
-        """The model name clients see."""
-        return self.served_name or self.model_id
 
 
 class BatchingConfig(StrictModel):

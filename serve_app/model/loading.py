@@ -12,33 +12,15 @@ import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
+from serve_app.config import CheckpointConfig
 from serve_app.model.builtin import resolve_builtin
 from serve_app.model.devices import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointSettings(Protocol):
-    """The settings a model config gives for loading (``ModelConfig``, ``RetrievalModelConfig``)."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def revision(self) -> str | None: ...
-
-    @property
-    def device(self) -> str: ...
-
-    @property
-    def dtype(self) -> str: ...
-
-    @property
-    def cpu_threads(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -53,7 +35,7 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(
-    settings: CheckpointSettings, model_class: str, processor_class: str = "AutoProcessor"
+    settings: CheckpointConfig, model_class: str, processor_class: str = "AutoProcessor"
 ) -> LoadedCheckpoint:
     """Load ``settings.model_id`` as transformers' ``model_class`` with its processor.
 
