@@ -24,8 +24,14 @@ from ray import cloudpickle, serve
 from ray.serve.schema import ServeDeploySchema
 
 from benchmarks import procs
-from serve_app.app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, build_application
-from serve_app.config import TINY_RANDOM_OPT, AppConfig, BatchingConfig
+from serve_app.app import build_application
+from serve_app.config import (
+    INGRESS_DEPLOYMENT,
+    MODEL_DEPLOYMENT,
+    TINY_RANDOM_OPT,
+    AppConfig,
+    BatchingConfig,
+)
 from serve_app.deployments.ingress import serve_proxies
 from serve_app.deployments.server import ModelFactory
 from serve_app.grpc import SERVICER_FUNCTION

@@ -280,7 +280,39 @@ def gpu(result: dict[str, Any], path: Path) -> None:
     latency.set_title("latency")
     gpu_name = result["machine"]["gpu"]
     tokens = result["max_new_tokens"]
-    _save(figure, path, f"BLIP-2 OPT-2.7b sizes, {result['dtype']}, {tokens} tokens, {gpu_name}")
+    _save(
+        figure, path, f"BLIP-2, {result['model']}, {result['dtype']}, {tokens} tokens, {gpu_name}"
+    )
+
+
+def gpu_variants(result: dict[str, Any], path: Path) -> None:
+    """Per model: images/s against batch size per setting, and peak memory measured vs planned."""
+    models = list(dict.fromkeys(row["model"] for row in result["results"]))
+    figure, axes = plt.subplots(2, max(1, len(models)), figsize=(6.5 * max(1, len(models)), 9))
+    grid = axes.reshape(2, -1)
+    for column, model in enumerate(models):
+        rate, memory = grid[0, column], grid[1, column]
+        rows = [row for row in result["results"] if row["model"] == model]
+        for row in rows:
+            sizes = [b["batch_size"] for b in row["batches"]]
+            rate.plot(
+                sizes, [b["images_per_s"] for b in row["batches"]], "o-", label=row["variant"]
+            )
+        _log2_axes(((rate, "images/s"),), [1, 8, 32], "batch size")
+        rate.set_title(model.split("/")[-1])
+        labels, measured, planned = [], [], []
+        for row in rows:
+            largest = row["batches"][-1]
+            variant = row["variant"].replace(", ", "\n")
+            labels.append(f"{variant}\nbatch {largest['batch_size']}")
+            measured.append(largest.get("peak_gib", 0.0))
+            planned.append(largest["planned_peak_gib"])
+        grouped_bars(memory, labels, {"measured peak": measured, "planned": planned}, "{:.1f}")
+        memory.set_ylabel("GiB")
+        memory.set_title("memory at the largest batch")
+    gpu_name = result["machine"].get("gpu", "no GPU")
+    tokens = result["max_new_tokens"]
+    _save(figure, path, f"BLIP-2 sizes, random weights, {tokens} tokens each, {gpu_name}")
 
 
 def overload(result: dict[str, Any], path: Path) -> None:

@@ -79,16 +79,21 @@ class Contention:
 
 def machine() -> dict[str, Any]:
     """The machine and software the figures were measured with."""
-    import ray
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
     import transformers
 
+    try:
+        ray_version = version("ray")
+    except PackageNotFoundError:
+        ray_version = "not installed"
     return {
         "cpu_cores": os.cpu_count(),
         "gpu": "none" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "torch_threads_per_model": 1,
         "python": platform.python_version(),
-        "ray": ray.__version__,
+        "ray": ray_version,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }

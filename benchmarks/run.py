@@ -25,7 +25,8 @@ SCENARIOS = {
     "overload": "400 clients on one CPU replica, load shedding on and off",
 }
 GPU_SCENARIOS = {
-    "gpu": "BLIP-2 OPT-2.7b sizes on CUDA: bare model vs service, per batch size",
+    "gpu": "BLIP-2 Flan-T5-XL (or --model) sizes on CUDA: bare model vs service, per batch size",
+    "gpu-variants": "OPT-2.7b and Flan-T5-XL sizes on CUDA: dtype, attention, cache, int8, nf4",
 }
 """Scenarios that need CUDA (``--quick`` checks them on a CPU); ``all`` leaves them out."""
 
@@ -34,7 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", choices=[*SCENARIOS, *GPU_SCENARIOS, "all"])
     parser.add_argument("--quick", action="store_true", help="a few requests and seconds each")
-    parser.add_argument("--model", default=Settings.model_id, help="model for CPU scenarios")
+    parser.add_argument(
+        "--model",
+        default=Settings.model_id,
+        help="model for CPU scenarios; for gpu, the Salesforce checkpoint whose sizes to build",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="output folder")
     parser.add_argument(
         "--wait-quiet",

@@ -9,6 +9,9 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.deployment import Deployment
 
 from serve_app.config import (
+    INGRESS_DEPLOYMENT,
+    MODEL_DEPLOYMENT,
+    RETRIEVAL_DEPLOYMENT,
     AppConfig,
     BatchingConfig,
     CheckpointConfig,
@@ -18,9 +21,6 @@ from serve_app.deployments.ingress import Blip2Ingress
 from serve_app.deployments.retrieval_server import Blip2RetrievalServer, RetrievalModelFactory
 from serve_app.deployments.server import Blip2Server, ModelFactory
 
-MODEL_DEPLOYMENT = "Blip2Server"
-RETRIEVAL_DEPLOYMENT = "Blip2RetrievalServer"
-INGRESS_DEPLOYMENT = "Blip2Ingress"
 PROXY_RETRY_AFTER_S = 1
 """``Retry-After`` of the 503 Serve's proxy answers when the ingress's queue is full."""
 

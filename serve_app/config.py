@@ -25,6 +25,11 @@ DEMO_SHAPES = "builtin:shapes-blip2"
 DEMO_SHAPES_ITM = "builtin:shapes-blip2-itm"
 """A tiny BLIP-2 retrieval model trained on the same shapes task."""
 
+MODEL_DEPLOYMENT = "Blip2Server"
+RETRIEVAL_DEPLOYMENT = "Blip2RetrievalServer"
+INGRESS_DEPLOYMENT = "Blip2Ingress"
+"""The deployments' names (``deployments[].name`` in a Serve config file)."""
+
 DEFAULT_VQA_TEMPLATE = "Question: {question} Answer:"
 
 DEFAULT_MAX_BATCH_SIZE = 8
@@ -33,6 +38,8 @@ DEFAULT_GRACEFUL_SHUTDOWN_S = 130.0
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float16", "bfloat16", "float32"]
+Quantization = Literal["none", "int8", "nf4"]
+AttentionImplementation = Literal["sdpa", "eager"]
 
 
 class CheckpointConfig(StrictModel):
@@ -51,6 +58,13 @@ class CheckpointConfig(StrictModel):
         None,
         ge=1,
         description="torch CPU threads in a model replica; its num_cpus (at least 1) if unset.",
+    )
+    gpu_memory_gib: float | None = Field(
+        None,
+        gt=0,
+        description="GPU memory a replica may use; unset: the card's times the replica's GPU "
+        "share (on CUDA). A model or max_batch_size that the memory plan cannot fit in it is "
+        "refused.",
     )
 
     @property
@@ -73,6 +87,20 @@ class ModelConfig(CheckpointConfig):
     default_max_new_tokens: int = Field(30, ge=1)
     max_new_tokens_limit: int = Field(128, ge=1)
     max_num_beams: int = Field(4, ge=1)
+    quantization: Quantization = Field(
+        "none",
+        description="Load the language model's linear layers in 8 bits (int8) or 4-bit "
+        "NormalFloat (nf4) with bitsandbytes (the 'quantization' extra); the image encoder, "
+        "Q-Former and output layer stay in dtype.",
+    )
+    attn_implementation: AttentionImplementation = Field(
+        "sdpa", description="torch's scaled_dot_product_attention (sdpa) or plain matmuls (eager)."
+    )
+    static_kv_cache: bool = Field(
+        False,
+        description="Preallocate the KV cache and, on CUDA, let transformers compile the "
+        "decoding step with torch.compile (a compile per new batch shape).",
+    )
 
     @field_validator("vqa_prompt_template")
     @classmethod

@@ -42,7 +42,7 @@ from benchmarks.local_serve import (
 from benchmarks.payloads import vqa_calls
 from benchmarks.report import Contention, batch_figures, machine, mean_of_rounds, write_result
 from benchmarks.settings import Settings
-from serve_app.app import MODEL_DEPLOYMENT
+from serve_app.config import MODEL_DEPLOYMENT
 from serve_app.deployments.server import ModelFactory
 
 MODELS = {"demo model": "builtin:shapes-blip2", "20-token model": "builtin:tiny-random-blip2-opt"}

@@ -1,4 +1,6 @@
-"""BLIP-2 OPT-2.7b (sizes only, random float16 weights) on a GPU: bare model vs the service.
+"""A Salesforce BLIP-2 checkpoint's sizes (random float16 weights) on a GPU: bare model vs
+the service. The checkpoint is ``--model`` if it is one of
+:mod:`serve_app.model.architectures`, else the production one, Flan-T5-XL.
 
 *Bare*: ``Blip2Model.generate`` called in this process on batches of 1 to 32 requests (images
 already at 224x224, as the ingress sends them): the latency of one batch and images/s.
@@ -10,11 +12,8 @@ resizing), and at twice the largest level to saturate it. Every request generate
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmarks import gpu_model, plots
@@ -24,7 +23,7 @@ from benchmarks.payloads import vqa_calls
 from benchmarks.report import Contention, batch_figures, machine, write_result
 from benchmarks.settings import Settings
 from serve_app.config import BatchingConfig, ModelConfig
-from serve_app.model.types import ModelRequest, ModelResult
+from serve_app.model.architectures import FLAN_T5_XL, KNOWN
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 MAX_NEW_TOKENS = 20
@@ -39,10 +38,11 @@ def run(settings: Settings) -> dict[str, Any]:
     if not smoke and not torch.cuda.is_available():
         raise SystemExit("the gpu scenario needs CUDA (--quick checks the code on a CPU)")
     sizes = BATCH_SIZES[:2] if smoke else BATCH_SIZES
-    args = service_args(smoke)
+    model_id = settings.model_id if settings.model_id in KNOWN else FLAN_T5_XL
+    args = service_args(model_id, smoke)
     config = ModelConfig.model_validate(args["model"])
-    model = gpu_model.random_opt_2_7b(config, smoke)
-    bare = [measure_bare(model, size, 1 if smoke else REPEATS) for size in sizes]
+    model = gpu_model.factory(model_id, smoke)(config)
+    bare = [gpu_model.measure_bare(model, size, 1 if smoke else REPEATS) for size in sizes]
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -51,7 +51,7 @@ def run(settings: Settings) -> dict[str, Any]:
     service = []
     with Contention() as contention, local_serve(num_gpus=1) as url:
         batching = BatchingConfig(max_batch_size=max(sizes), batch_wait_timeout_s=BATCH_WAIT_S)
-        deploy(args, batching, gpu_model.factory(smoke))
+        deploy(args, batching, gpu_model.factory(model_id, smoke))
         for concurrency in [*sizes, 2 * max(sizes)]:
             before = batch_size_counts()
             load = settings.load(
@@ -71,7 +71,7 @@ def run(settings: Settings) -> dict[str, Any]:
                 saturated["throughput_rps"] / largest["images_per_s"], 3
             ),
         },
-        "model": gpu_model.SOURCE,
+        "model": gpu_model.source(model_id),
         "dtype": str(config.dtype),
         "max_new_tokens": MAX_NEW_TOKENS,
         "images": "bare: 224x224 arrays; service: 1024x768 JPEG, base64 in JSON",
@@ -86,11 +86,11 @@ def run(settings: Settings) -> dict[str, Any]:
     return summary
 
 
-def service_args(smoke: bool) -> dict[str, Any]:
-    """The service's args: the model on CUDA in float16 (CPU float32 for ``smoke``)."""
+def service_args(model_id: str, smoke: bool) -> dict[str, Any]:
+    """The service's args: ``model_id`` on CUDA in float16 (CPU float32 for ``smoke``)."""
     args = app_args(max_batch_size=max(BATCH_SIZES))
     args["model"].update(
-        model_id="random:blip2-opt-2.7b",
+        model_id=model_id,
         device="cpu" if smoke else "cuda",
         dtype="float32" if smoke else "float16",
         default_max_new_tokens=MAX_NEW_TOKENS,
@@ -99,33 +99,3 @@ def service_args(smoke: bool) -> dict[str, Any]:
     fixed = {"min_replicas": INGRESS_REPLICAS, "max_replicas": INGRESS_REPLICAS}
     args["ingress_deployment"].update(autoscaling_config=fixed)
     return args
-
-
-def measure_bare(model: Any, batch_size: int, repeats: int) -> dict[str, Any]:
-    """Median latency of ``model.generate`` on ``batch_size`` requests, after one warm-up."""
-    rng = np.random.default_rng(batch_size)
-    size = gpu_model.IMAGE_SIZE
-    requests = [
-        ModelRequest(
-            task="vqa",
-            text="What is in the picture?",
-            image=rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-        )
-        for _ in range(batch_size)
-    ]
-    times = []
-    for attempt in range(repeats + 1):
-        started = time.perf_counter()
-        results = model.generate(requests)
-        elapsed = time.perf_counter() - started
-        failed = [r for r in results if not isinstance(r, ModelResult)]
-        if failed:
-            raise RuntimeError(f"generation failed: {failed[0]!r}")
-        if attempt:
-            times.append(elapsed)
-    latency = statistics.median(times)
-    return {
-        "batch_size": batch_size,
-        "latency_ms": round(latency * 1000, 1),
-        "images_per_s": round(batch_size / latency, 2),
-    }

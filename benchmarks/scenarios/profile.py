@@ -37,8 +37,7 @@ from benchmarks.local_serve import (
 from benchmarks.payloads import ImageKind, image_bytes, vqa_calls
 from benchmarks.report import Contention, machine, write_result
 from benchmarks.settings import Settings
-from serve_app.app import MODEL_DEPLOYMENT
-from serve_app.config import BatchingConfig, LimitsConfig
+from serve_app.config import MODEL_DEPLOYMENT, BatchingConfig, LimitsConfig
 from serve_app.deployments.server import ModelFactory
 from serve_app.images.decode import decode_image
 

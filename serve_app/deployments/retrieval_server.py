@@ -21,6 +21,7 @@ from serve_app.batching.batcher import RequestBatcher
 from serve_app.config import BatchingConfig, RetrievalModelConfig
 from serve_app.contract.errors import GenerationFailedError, ServeAppError
 from serve_app.deployments.health import ReplicaHealth
+from serve_app.deployments.memory_check import MemoryCheck, assigned_gpus
 from serve_app.metrics import ServerMetrics
 from serve_app.model.retrieval_types import (
     ImageEmbedding,
@@ -69,6 +70,7 @@ class Blip2RetrievalServer:
         batch_timeout_s: float,
         model_factory: RetrievalModelFactory | None = None,
     ) -> None:
+        self._memory = MemoryCheck(model_options, assigned_gpus())
         self._model = (model_factory or load_retrieval)(model_options)
         self._metrics = ServerMetrics()
         self._images: RequestBatcher[RetrievalRequest, RetrievalResult] = RequestBatcher(
@@ -83,6 +85,7 @@ class Blip2RetrievalServer:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new batching settings live (Serve calls this on start and on each update)."""
         batching = BatchingConfig.model_validate(user_config)
+        self._memory.check_batch(batching.max_batch_size)
         self._images.configure(batching)
         self._texts.configure(batching)
         logger.info("Batching set to %s", batching.model_dump())

@@ -13,6 +13,7 @@ from serve_app.batching.streams import Outcome
 from serve_app.config import BatchingConfig, ModelConfig
 from serve_app.contract.errors import GenerationFailedError, ServeAppError
 from serve_app.deployments.health import ReplicaHealth
+from serve_app.deployments.memory_check import MemoryCheck, assigned_gpus
 from serve_app.metrics import ServerMetrics
 from serve_app.model.types import (
     GenerationObserver,
@@ -59,6 +60,7 @@ class Blip2Server:
         batch_timeout_s: float,
         model_factory: ModelFactory | None = None,
     ) -> None:
+        self._memory = MemoryCheck(model_options, assigned_gpus())
         self._model = (model_factory or load_blip2)(model_options)
         self._metrics = ServerMetrics()
         self._batcher: RequestBatcher[ModelRequest, ModelResult] = RequestBatcher(
@@ -72,6 +74,7 @@ class Blip2Server:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new batching settings live (Serve calls this on start and on each update)."""
         batching = BatchingConfig.model_validate(user_config)
+        self._memory.check_batch(batching.max_batch_size)
         self._batcher.configure(batching)
         logger.info("Batching set to %s", batching.model_dump())
 

@@ -74,7 +74,13 @@ class Blip2Model:
         Raises:
             ValueError: Unknown builtin name, or ``device='cuda'`` without CUDA.
         """
-        loaded = load_checkpoint(config, "Blip2ForConditionalGeneration", "Blip2Processor")
+        loaded = load_checkpoint(
+            config,
+            "Blip2ForConditionalGeneration",
+            "Blip2Processor",
+            config.quantization,
+            attn_implementation=config.attn_implementation,
+        )
         return cls(config, loaded.name, loaded.processor, loaded.model, loaded.device, loaded.dtype)
 
     @property
@@ -251,6 +257,8 @@ class Blip2Model:
             "pad_token_id": self._pad_id,
             "eos_token_id": self._eos_id,
         }
+        if self._config.static_kv_cache:
+            kwargs["cache_implementation"] = "static"
         if params.do_sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
         return kwargs

@@ -1,4 +1,5 @@
-"""Serve's HTTP proxy on an address other hosts can reach: the ingress needs tokens to start.
+"""Refusals to start: on an address other hosts can reach, the ingress needs tokens; a model
+replica refuses a model its GPU memory cannot hold, before loading it.
 
 Only loopback traffic is sent; listening on 0.0.0.0 is what is under test.
 """
@@ -12,8 +13,8 @@ import pytest
 import requests
 from ray import serve
 
-from serve_app.app import INGRESS_DEPLOYMENT, build_application
-from serve_app.config import AppConfig
+from serve_app.app import build_application
+from serve_app.config import DEMO_SHAPES, INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, AppConfig
 from tests.serve.conftest import local_serve
 from tests.support.fakes import slow_fake_model
 from tests.support.serving import APP_NAME, app_status
@@ -27,14 +28,17 @@ def exposed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from local_serve(tmp_path_factory, host="0.0.0.0", num_gpus=1)
 
 
-def deploy(auth: dict[str, Any]) -> None:
-    """Run the application with ``auth`` and wait until it runs (raises if it cannot start)."""
+def deploy(auth: dict[str, Any], model: dict[str, Any] | None = None) -> None:
+    """Run the application with ``auth`` and wait until it runs (raises if it cannot start);
+    with ``model`` settings, the real model loading, else a fake model."""
     args = {
+        "model": model or {},
         "model_deployment": {"num_gpus": 1, "num_cpus": 0},
         "ingress_deployment": {"num_cpus": 0},
         "auth": auth,
     }
-    serve.run(build_application(AppConfig.model_validate(args), slow_fake_model), name=APP_NAME)
+    factory = None if model else slow_fake_model
+    serve.run(build_application(AppConfig.model_validate(args), factory), name=APP_NAME)
 
 
 def test_an_anonymous_ingress_refuses_to_start_on_a_reachable_address(exposed_url: str) -> None:
@@ -43,6 +47,19 @@ def test_an_anonymous_ingress_refuses_to_start_on_a_reachable_address(exposed_ur
     assert app_status() == "DEPLOY_FAILED"
     status = serve.status().applications[APP_NAME].deployments[INGRESS_DEPLOYMENT]
     assert "allow_anonymous" in status.message
+    serve.delete(APP_NAME)
+
+
+def test_a_model_that_cannot_fit_its_gpu_memory_fails_the_deploy_with_the_plan(
+    exposed_url: str,
+) -> None:
+    model = {"model_id": DEMO_SHAPES, "device": "cpu", "gpu_memory_gib": 0.5}
+    with pytest.raises(RuntimeError, match="failed"):
+        deploy({"api_keys": [TOKEN]}, model)
+    assert app_status() == "DEPLOY_FAILED"
+    message = serve.status().applications[APP_NAME].deployments[MODEL_DEPLOYMENT].message
+    assert "does not fit in 0.5 GiB of GPU memory" in message
+    assert "the weights do not fit" in message
     serve.delete(APP_NAME)
 
 

@@ -91,3 +91,12 @@ def test_the_example_images_get_the_answers_the_readme_shows(model: Blip2Model) 
         caption, *replies = [ok(result).text for result in model.generate(requests)]
         assert parse_caption(caption) == parse_caption(expected["caption"]), name
         assert replies == [expected["questions"][q] for q in questions], name
+
+
+@pytest.mark.parametrize("setting", [{"static_kv_cache": True}, {"attn_implementation": "eager"}])
+def test_decoding_settings_answer_as_the_defaults(
+    model: Blip2Model, setting: dict[str, object]
+) -> None:
+    examples = sample(SEED + 2, 12)
+    config = ModelConfig.model_validate({"model_id": DEMO_SHAPES, "device": "cpu", **setting})
+    assert answers(Blip2Model.load(config), examples, 6) == answers(model, examples, 6)
