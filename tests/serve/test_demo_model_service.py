@@ -1,7 +1,9 @@
 """The CPU config serves the demo model: right answers over HTTP, over gRPC and through the
-handle API, the folder-captioning example, run as a separate Ray driver, against the same
-application, and batching: batches form under load with answers equal to the sequential ones,
-and a change of ``user_config`` retunes the running replica (these run last: they retune it)."""
+handle API; bulk jobs on Ray Data against the same application (the folder example and the
+command as separate Ray drivers, the function in process): folders, Parquet and CSV tables,
+captions, answers and embeddings, error rows, and an interrupted run resumed; and batching:
+batches form under load with answers equal to the sequential ones, and a change of
+``user_config`` retunes the running replica (these run last: they retune it)."""
 
 from __future__ import annotations
 
@@ -9,22 +11,27 @@ import base64
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import ray
 import requests
 from ray import serve
 
+from serve_app.bulk import BulkJob, Calls, Source, run_bulk
 from serve_app.contract.api import CaptionRequest, ImageSource, VQARequest, VQAResponse
+from serve_app.contract.retrieval import EmbeddingsRequest
 from serve_app.demo.task import Example, judge, sample
 from serve_app.grpc.client import Blip2GrpcClient
 from serve_app.model.builtin import DEMO_SHAPES
-from tests.support.demo import accuracy_bar
+from tests.support.demo import accuracy_bar, card_family_accuracy
 from tests.support.images import image_bytes
 from tests.support.serving import (
     APP_NAME,
@@ -38,6 +45,7 @@ from tests.support.serving import (
 HTTP_SEED = 201
 HANDLE_SEED = 202
 GRPC_SEED = 203
+BULK_SEED = 204
 
 
 @pytest.fixture(scope="module")
@@ -118,61 +126,155 @@ def test_answers_through_the_handle_are_right(url: str) -> None:
     assert right / len(examples) >= accuracy_bar(), list(zip(examples, texts, strict=True))
 
 
-def run_example(folder: Path, output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    command = [sys.executable, "examples/caption_folder.py", str(folder), "--output", str(output)]
-    return subprocess.run(
-        [*command, "--concurrency", "3", *extra],
+def save_scenes(folder: Path, examples: list[Example]) -> dict[str, Example]:
+    """Each example's scene as a PNG under ``folder`` (every third in a subfolder), by id."""
+    saved = {}
+    for index, example in enumerate(examples):
+        name = f"part-{index % 3}/{index}.png" if index % 3 == 0 else f"{index}.png"
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(png(example))
+        saved[name] = example
+    return saved
+
+
+def bulk_env() -> dict[str, str]:
+    """A separate Ray driver's environment: it joins the test cluster."""
+    return {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+
+
+def read_rows(folder: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = pq.read_table(folder).to_pylist()
+    return rows
+
+
+def finished_rows(folder: Path) -> int:
+    """Rows in the files a killed job finished (a file cut short has no footer)."""
+    rows = 0
+    for path in folder.glob("*.parquet"):
+        try:
+            rows += pq.read_metadata(path).num_rows
+        except (OSError, pa.ArrowInvalid):
+            continue
+    return rows
+
+
+def test_example_captions_a_folder_into_parquet_and_reports_failures(
+    url: str, tmp_path: Path
+) -> None:
+    scenes = save_scenes(tmp_path / "photos", sample(BULK_SEED, 12, families=("caption",)))
+    (tmp_path / "photos" / "broken.png").write_bytes(b"this is not an image")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image file at all")
+    output = tmp_path / "captions"
+    command = [sys.executable, "examples/caption_folder.py", str(tmp_path / "photos")]
+    finished = subprocess.run(
+        [*command, "--output", str(output)],
         cwd=REPO_ROOT,
-        env=env,
+        env=bulk_env(),
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=240,
     )
-
-
-def test_example_captions_a_folder_and_reports_failures(url: str, tmp_path: Path) -> None:
-    folder = tmp_path / "photos"
-    (folder / "nested").mkdir(parents=True)
-    for index in range(5):
-        (folder / f"{index}.png").write_bytes(image_bytes(index))
-    (folder / "nested" / "5.jpg").write_bytes(image_bytes(5, "JPEG"))
-    (folder / "broken.png").write_bytes(b"this is not an image")
-    (folder / "notes.txt").write_text("not an image file at all")
-    output = tmp_path / "out.jsonl"
-
-    finished = run_example(folder, output)
 
     assert finished.returncode == 1, finished.stderr
-    assert "FAILED broken.png: invalid_image" in finished.stderr
-    records = {r["file"]: r for r in map(json.loads, output.read_text().splitlines())}
-    assert set(records) == {
-        "0.png",
-        "1.png",
-        "2.png",
-        "3.png",
-        "4.png",
-        "nested/5.jpg",
-        "broken.png",
-    }
-    assert records["broken.png"]["ok"] is False
-    good = [r for name, r in records.items() if name != "broken.png"]
-    assert all(
-        r["ok"] and isinstance(r["text"], str) and r["usage"]["completion_tokens"] > 0 for r in good
+    assert "invalid_image: 1" in finished.stdout
+    rows = {row["id"]: row for row in read_rows(output)}
+    assert set(rows) == {*scenes, "broken.png"}
+    assert rows["broken.png"]["error_code"] == "invalid_image"
+    right = sum(judge(example, rows[name]["text"]) for name, example in scenes.items())
+    assert right / len(scenes) >= card_family_accuracy("caption") - 0.10, rows
+
+
+def test_bulk_asks_a_parquet_tables_questions_about_its_image_bytes(
+    url: str, tmp_path: Path
+) -> None:
+    examples = [e for e in sample(BULK_SEED + 1, 60) if e.family != "caption"][:40]
+    table = pa.table(
+        {
+            "key": list(range(len(examples))),
+            "picture": [png(example) for example in examples],
+            "ask": [example.question for example in examples],
+        }
+    )
+    pq.write_table(table, tmp_path / "questions.parquet")
+    source = Source(
+        str(tmp_path / "questions.parquet"),
+        id_column="key",
+        image_column="picture",
+        question_column="ask",
     )
 
+    summary = run_bulk(BulkJob(source, str(tmp_path / "answers"), Calls(task="vqa"), workers=1))
 
-def test_example_answers_a_question(url: str, tmp_path: Path) -> None:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    (folder / "a.png").write_bytes(image_bytes(1))
-    output = tmp_path / "answers.jsonl"
+    assert (summary.written, summary.rows, summary.ok) == (len(examples), len(examples), True)
+    rows = {row["id"]: row for row in read_rows(tmp_path / "answers")}
+    assert set(rows) == {str(index) for index in range(len(examples))}
+    right = sum(judge(e, rows[str(i)]["text"]) for i, e in enumerate(examples))
+    assert right / len(examples) >= accuracy_bar()
+    assert all(row["completion_tokens"] > 0 and row["error_code"] is None for row in rows.values())
 
-    finished = run_example(folder, output, "--question", "what is in the picture?")
+
+def test_bulk_embeds_images_a_csv_names_and_refused_urls_become_error_rows(
+    url: str, tmp_path: Path
+) -> None:
+    examples = sample(BULK_SEED + 2, 3, families=("caption",))
+    for index, example in enumerate(examples):
+        (tmp_path / f"{index}.png").write_bytes(png(example))
+    references = ["0.png", "1.png", "2.png", "missing.png", "http://127.0.0.1:9/private.png"]
+    lines = ["id,image", *(f"{i},{ref}" for i, ref in enumerate(references))]
+    (tmp_path / "images.csv").write_text("\n".join(lines) + "\n")
+
+    summary = run_bulk(
+        BulkJob(Source(str(tmp_path / "images.csv")), str(tmp_path / "vectors"), Calls("embed"))
+    )
+
+    assert summary.rows == 5 and not summary.ok
+    rows = {row["id"]: row for row in read_rows(tmp_path / "vectors")}
+    assert rows["3"]["error_code"] == "input_unreadable"
+    assert rows["4"]["error_code"] == "image_fetch_failed"
+    handle = serve.get_app_handle(APP_NAME)
+    for index, example in enumerate(examples):
+        request = EmbeddingsRequest(images=[ImageSource.from_upload(png(example))])
+        expected = handle.embeddings.remote(request).result().data[0].embedding
+        assert rows[str(index)]["error_code"] is None
+        assert rows[str(index)]["embedding"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_an_interrupted_bulk_command_resumes_without_duplicates_or_gaps(
+    url: str, tmp_path: Path
+) -> None:
+    scenes = save_scenes(tmp_path / "photos", sample(BULK_SEED + 3, 80, families=("caption",)))
+    output = tmp_path / "captions"
+    command = [
+        sys.executable,
+        "-m",
+        "serve_app.bulk",
+        "caption",
+        str(tmp_path / "photos"),
+        "--output",
+        str(output),
+        "--rows-per-file",
+        "8",
+        "--workers",
+        "1",
+        "--in-flight",
+        "1",
+    ]
+    first = subprocess.Popen(command, cwd=REPO_ROOT, env=bulk_env(), start_new_session=True)
+    wait_until(lambda: len(list(output.glob("*.parquet"))) >= 2, 180, "two files written")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    interrupted = finished_rows(output)
+    assert 0 < interrupted < len(scenes)
+
+    finished = subprocess.run(
+        command, cwd=REPO_ROOT, env=bulk_env(), capture_output=True, text=True, timeout=240
+    )
 
     assert finished.returncode == 0, finished.stderr
-    (record,) = map(json.loads, output.read_text().splitlines())
-    assert record["ok"] and record["file"] == "a.png"
+    ids = [row["id"] for row in read_rows(output)]
+    assert sorted(ids) == sorted(scenes)
+    summary = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert (summary["rows"], summary["written"]) == (len(scenes), len(scenes) - interrupted)
 
 
 BATCHING_CLIENTS = 16

@@ -19,6 +19,14 @@ def card_accuracy() -> float:
     return float(match[1]) / 100
 
 
+def card_family_accuracy(family: str) -> float:
+    """One family's held-out accuracy recorded in the model card, as a fraction."""
+    card = (DEMO_DIR / "README.md").read_text()
+    match = re.search(rf"\| {family} \|[^\n]*\| \d+ \| ([\d.]+)% \|", card)
+    assert match is not None, f"the model card has no {family} accuracy"
+    return float(match[1]) / 100
+
+
 def accuracy_bar() -> float:
     """What a fresh sample must reach: five points under the card's figure, never below 88%."""
     return max(0.88, card_accuracy() - 0.05)
