@@ -87,6 +87,7 @@ def build_application(
         ingress_options.model_calls_per_replica,
         retrieval,
         retrieval_options,
+        config.playground,
     )
 
 

@@ -341,6 +341,9 @@ class AppConfig(StrictModel):
     ingress_deployment: IngressDeploymentConfig = Field(default_factory=IngressDeploymentConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    playground: bool = Field(
+        True, description="Serve the browser playground at GET / (false: the API only)."
+    )
 
     @model_validator(mode="after")
     def _serves_a_model(self) -> AppConfig:

@@ -52,8 +52,10 @@ class Blip2Ingress(Blip2GrpcService):
         model_calls_per_replica: int,
         retrieval: DeploymentHandle[Any] | None = None,
         retrieval_options: RetrievalModelConfig | None = None,
+        playground: bool = True,
     ) -> None:
         require_auth_when_exposed(auth, *serve_proxies())
+        self._playground = playground
         observer = IngressMetrics()
         retrieval_handlers = None
         if retrieval is not None and retrieval_options is not None:
@@ -72,4 +74,4 @@ class Blip2Ingress(Blip2GrpcService):
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """This replica's HTTP app (Serve calls it once, after the constructor)."""
-        return make_http_app(self, self.auth, HttpMetrics())
+        return make_http_app(self, self.auth, HttpMetrics(), self._playground)

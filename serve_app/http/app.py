@@ -28,6 +28,7 @@ from serve_app.http.errors import (
 )
 from serve_app.http.metrics import HttpMetricsMiddleware, endpoint_of
 from serve_app.http.openapi import install_openapi, json_body, request_body
+from serve_app.http.playground import install_playground
 from serve_app.http.retrieval import install_retrieval_routes
 from serve_app.http.routes import IMAGE_ROUTES, ImageRoute
 from serve_app.http.security import Authorization, Authorize
@@ -38,10 +39,11 @@ from serve_app.metrics import HttpMetrics
 
 
 def make_http_app(
-    handlers: Blip2Handlers, auth: BearerAuth | None, metrics: HttpMetrics
+    handlers: Blip2Handlers, auth: BearerAuth | None, metrics: HttpMetrics, playground: bool
 ) -> FastAPI:
     """The ingress's HTTP API: native routes, OpenAI-compatible chat and embeddings, models and
-    health (routes of a model the service does not serve are left out)."""
+    health (routes of a model the service does not serve are left out), and the playground
+    page at ``/`` unless ``playground`` is false."""
     app = FastAPI(
         title="BLIP-2 on Ray Serve",
         version="0.1.0",
@@ -84,6 +86,8 @@ def make_http_app(
         """Readiness: a replica of every served model answers."""
         return await handlers.ready()
 
+    if playground:
+        install_playground(app, handlers.serves_generation, handlers.serves_retrieval)
     return app
 
 

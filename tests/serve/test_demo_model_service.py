@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ import pytest
 import ray
 import requests
 from ray import serve
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from serve_app.bulk import BulkJob, Calls, Source, run_bulk
 from serve_app.contract.api import CaptionRequest, ImageSource, VQARequest, VQAResponse
@@ -31,6 +34,7 @@ from serve_app.contract.retrieval import EmbeddingsRequest
 from serve_app.demo.task import Example, judge, sample
 from serve_app.grpc.client import Blip2GrpcClient
 from serve_app.model.builtin import DEMO_SHAPES
+from tests.support.browser import chromium, wait_for
 from tests.support.demo import accuracy_bar, card_family_accuracy
 from tests.support.images import image_bytes
 from tests.support.serving import (
@@ -242,7 +246,7 @@ def test_bulk_embeds_images_a_csv_names_and_refused_urls_become_error_rows(
 def test_an_interrupted_bulk_command_resumes_without_duplicates_or_gaps(
     url: str, tmp_path: Path
 ) -> None:
-    scenes = save_scenes(tmp_path / "photos", sample(BULK_SEED + 3, 80, families=("caption",)))
+    scenes = save_scenes(tmp_path / "photos", sample(BULK_SEED + 3, 48, families=("caption",)))
     output = tmp_path / "captions"
     command = [
         sys.executable,
@@ -275,6 +279,81 @@ def test_an_interrupted_bulk_command_resumes_without_duplicates_or_gaps(
     assert sorted(ids) == sorted(scenes)
     summary = json.loads(finished.stdout.strip().splitlines()[-1])
     assert (summary["rows"], summary["written"]) == (len(scenes), len(scenes) - interrupted)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    yield from chromium()
+
+
+def open_playground(browser: WebDriver, url: str) -> None:
+    browser.get(f"{url}/")
+    wait_for(browser, lambda b: b.find_element(By.ID, "send").is_displayed())
+
+
+def choose_mode(browser: WebDriver, mode: str) -> None:
+    browser.find_element(By.CSS_SELECTOR, f'.modes button[data-mode="{mode}"]').click()
+
+
+def ask(browser: WebDriver, text: str | None = None) -> None:
+    if text is not None:
+        prompt = browser.find_element(By.ID, "prompt")
+        prompt.clear()
+        prompt.send_keys(text)
+    browser.find_element(By.ID, "send").click()
+
+
+def test_the_playground_answers_a_question_about_an_uploaded_image(
+    url: str, browser: WebDriver
+) -> None:
+    open_playground(browser, url)
+    upload = browser.find_element(By.ID, "file")
+    upload.send_keys(str(REPO_ROOT / "examples" / "images" / "shapes-1.png"))
+    wait_for(browser, lambda b: b.find_element(By.ID, "preview").is_displayed())
+    ask(browser, "How many circles are there?")
+    wait_for(browser, lambda b: b.find_element(By.ID, "answer").text)
+    assert browser.find_element(By.ID, "answer").text == "three"
+    assert "tokens" in browser.find_element(By.ID, "stats").text
+
+
+def test_the_playground_streams_a_chat_answer_token_by_token(url: str, browser: WebDriver) -> None:
+    open_playground(browser, url)
+    browser.find_element(By.CSS_SELECTOR, '.example[data-src$="shapes-2.png"]').click()
+    wait_for(browser, lambda b: b.find_element(By.ID, "preview").is_displayed())
+    choose_mode(browser, "chat")
+    ask(browser, "")  # the image alone: a caption, several tokens long
+    wait_for(browser, lambda b: "streamed in" in b.find_element(By.ID, "stats").text)
+    answer = browser.find_element(By.ID, "answer")
+    assert int(answer.get_attribute("data-updates") or 0) > 1
+    assert answer.text.strip()
+    if os.environ.get("PLAYGROUND_SCREENSHOT"):
+        browser.save_screenshot(os.environ["PLAYGROUND_SCREENSHOT"])
+
+
+def test_the_playground_ranks_texts_when_retrieval_is_served(url: str, browser: WebDriver) -> None:
+    open_playground(browser, url)
+    browser.find_element(By.CSS_SELECTOR, '.example[data-src$="shapes-3.png"]').click()
+    wait_for(browser, lambda b: b.find_element(By.ID, "preview").is_displayed())
+    choose_mode(browser, "rank")
+    right = "a green circle and three green triangles"
+    ask(browser, f"a red square and a blue circle\n{right}\ntwo yellow squares")
+    wait_for(browser, lambda b: b.find_element(By.ID, "ranking").is_displayed())
+    ranked = [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#ranking li")]
+    assert len(ranked) == 3 and ranked[0].startswith(right)
+
+
+def test_the_playground_shows_the_apis_error_for_a_bad_file(
+    url: str, browser: WebDriver, tmp_path: Path
+) -> None:
+    open_playground(browser, url)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not an image")
+    browser.find_element(By.ID, "file").send_keys(str(broken))
+    wait_for(browser, lambda b: b.find_element(By.ID, "preview").get_attribute("src"))
+    ask(browser, "How many circles are there?")
+    wait_for(browser, lambda b: b.find_element(By.ID, "error").is_displayed())
+    error = browser.find_element(By.ID, "error").text
+    assert error.endswith("(invalid_image)") and "Traceback" not in error
 
 
 BATCHING_CLIENTS = 16
