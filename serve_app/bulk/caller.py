@@ -73,7 +73,7 @@ class ServiceCaller:
         """The request for ``row``, sent; or the exception that kept it from being sent."""
         try:
             return self._call(self._request(row))
-        except Exception as exc:  # an unreadable input: an error row, not a failed batch
+        except Exception as exc:  # an unreadable file or a bad row: an error row, not a failure
             return exc
 
     def _finish(self, row: dict[str, Any], response: Any) -> dict[str, Any]:
@@ -159,7 +159,9 @@ def _code(exc: Exception) -> str:
         return exc.code
     if isinstance(exc, (BackPressureError, DeploymentUnavailableError, RayError)):
         return "service_unavailable"
-    return "input_unreadable"
+    if isinstance(exc, OSError):  # a file that could not be read
+        return "input_unreadable"
+    return "invalid_request"  # a row the request could not be built from (no question, ...)
 
 
 def _message(exc: Exception) -> str:

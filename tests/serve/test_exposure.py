@@ -81,11 +81,6 @@ def test_with_tokens_it_starts_and_asks_for_them(exposed_url: str) -> None:
     assert requests.get(f"{exposed_url}/v1/models", headers=authorized, timeout=30).ok
 
 
-def test_anonymous_serving_when_the_config_says_so(exposed_url: str) -> None:
-    deploy({"allow_anonymous": True})
-    assert requests.get(f"{exposed_url}/v1/models", timeout=30).ok
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
     yield from chromium()
@@ -129,3 +124,8 @@ def test_the_playground_can_be_switched_off(exposed_url: str) -> None:
     assert requests.get(f"{exposed_url}/", timeout=30).status_code == 404
     authorized = {"Authorization": f"Bearer {TOKEN}"}
     assert requests.get(f"{exposed_url}/v1/models", headers=authorized, timeout=30).ok
+
+
+def test_anonymous_serving_when_the_config_says_so(exposed_url: str) -> None:
+    deploy({"allow_anonymous": True})
+    assert requests.get(f"{exposed_url}/v1/models", timeout=30).ok

@@ -85,3 +85,4 @@ def test_busy_or_lost_service_is_retried_and_bad_images_are_not() -> None:
     assert _code(InvalidImageError("corrupt")) == "invalid_image"
     assert _code(ActorDiedError()) == "service_unavailable"
     assert _code(FileNotFoundError("missing.png")) == "input_unreadable"
+    assert _code(ValueError("no question")) == "invalid_request"
