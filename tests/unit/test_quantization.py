@@ -15,7 +15,7 @@ from serve_app.model.blip2 import Blip2Model
 from serve_app.model.loading import bitsandbytes_config
 
 SEED = 101
-EXAMPLES = 150
+EXAMPLES = 100
 
 
 @pytest.mark.filterwarnings("ignore:MatMul8bitLt")
