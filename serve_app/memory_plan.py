@@ -23,7 +23,7 @@ from serve_app.config import (
     ModelConfig,
     ModelDeploymentConfig,
 )
-from serve_app.model.memory import GIB, GPUS, plan_for
+from serve_app.model.memory import GIB, GPUS, plan_for, share_of_gpu
 
 
 def configured_models(
@@ -43,16 +43,15 @@ def configured_models(
         deployment["name"]: BatchingConfig.model_validate(deployment.get("user_config", {}))
         for deployment in application.get("deployments", [])
     }
-    default = BatchingConfig().max_batch_size
+    served = (
+        (config.model, config.model_deployment, MODEL_DEPLOYMENT),
+        (config.retrieval, config.retrieval_deployment, RETRIEVAL_DEPLOYMENT),
+    )
     models: list[tuple[CheckpointConfig, ModelDeploymentConfig, int]] = []
-    if config.model is not None:
-        batch = batches.get(MODEL_DEPLOYMENT)
-        size = batch.max_batch_size if batch else default
-        models.append((config.model, config.model_deployment, size))
-    if config.retrieval is not None:
-        batch = batches.get(RETRIEVAL_DEPLOYMENT)
-        size = batch.max_batch_size if batch else default
-        models.append((config.retrieval, config.retrieval_deployment, size))
+    for settings, deployment, name in served:
+        if settings is not None:
+            batch = batches.get(name, BatchingConfig()).max_batch_size
+            models.append((settings, deployment, batch))
     return models
 
 
@@ -90,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.gpu_memory_gib is None:
             gpus = GPUS
         else:
-            share = deployment.num_gpus if 0 < deployment.num_gpus < 1 else 1.0
-            gpus = {f"{share:g} x the GPU": int(args.gpu_memory_gib * share * GIB)}
+            memory = share_of_gpu(int(args.gpu_memory_gib * GIB), deployment.num_gpus)
+            gpus = {"one replica": memory}
         print(plan.report(gpus, batch), end="\n\n")
         if args.gpu_memory_gib is not None and batch > plan.largest_batch(
             next(iter(gpus.values()))

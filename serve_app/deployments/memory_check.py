@@ -10,7 +10,7 @@ on CUDA the card's memory times the share of a GPU Ray assigned the replica; on 
 from __future__ import annotations
 
 from serve_app.config import CheckpointConfig
-from serve_app.model.memory import GIB, MemoryPlan, plan_for
+from serve_app.model.memory import GIB, MemoryPlan, plan_for, share_of_gpu
 
 
 def replica_memory_bytes(settings: CheckpointConfig, gpu_share: float | None) -> int | None:
@@ -24,7 +24,7 @@ def replica_memory_bytes(settings: CheckpointConfig, gpu_share: float | None) ->
     if resolve_device(settings.device).type != "cuda":
         return None
     total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    return int(total * min(1.0, gpu_share or 1.0))
+    return share_of_gpu(total, gpu_share)
 
 
 def assigned_gpus() -> float | None:

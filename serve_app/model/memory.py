@@ -196,6 +196,12 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
+def share_of_gpu(card_bytes: int, gpus: float | None) -> int:
+    """The memory of a replica given ``gpus`` of a card (a fraction shares it; none, or one
+    or more, plan on one whole card: a model runs on one)."""
+    return int(card_bytes * min(1.0, gpus or 1.0))
+
+
 def _count(parameters: int) -> str:
     if parameters >= 10**9:
         return f"{parameters / 1e9:.3f} B"
