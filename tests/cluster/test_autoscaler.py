@@ -7,7 +7,6 @@ Ray's fake node provider.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +16,7 @@ from ray import serve
 from tests.cluster.test_multi_node import Load, deploy
 from tests.serve.conftest import free_port
 from tests.support.fake_autoscaler import fake_autoscaling_cluster
+from tests.support.local_ray import stop_serve_handles
 from tests.support.serving import running_replicas, wait_until
 
 
@@ -45,8 +45,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
             yield f"http://127.0.0.1:{port}"
         finally:
-            with contextlib.suppress(Exception):
-                serve.shutdown()
+            stop_serve_handles()
             ray.shutdown()
 
 

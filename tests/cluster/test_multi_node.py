@@ -8,7 +8,6 @@ little CPU, so it stays on the head, and the Serve proxy runs on the head only.
 from __future__ import annotations
 
 import base64
-import contextlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from ray.util.state import list_actors
 from tests.serve.conftest import free_port
 from tests.support.fakes import slow_fake_model
 from tests.support.images import image_bytes
+from tests.support.local_ray import stop_serve_handles
 from tests.support.serving import fast_autoscaling, run_app, running_replicas, wait_until
 
 BODY = {"image": {"data": base64.b64encode(image_bytes(0)).decode()}, "question": "q"}
@@ -61,8 +61,7 @@ def sim() -> Iterator[SimulatedCluster]:
         simulated.url = f"http://127.0.0.1:{port}"
         yield simulated
     finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
+        stop_serve_handles()
         ray.shutdown()
         cluster.shutdown()
 

@@ -11,12 +11,12 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-import ray
 from ray import cloudpickle, serve
 
 import tests.support.fakes
 from serve_app.deployments.ingress import serve_proxies
 from serve_app.grpc import SERVICER_FUNCTION
+from tests.support.local_ray import start_ray, stop_ray, stop_serve_handles
 
 GRPC_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """The gRPC proxy's message cap, as the deployment manifests set it (Serve's default: 2 GiB)."""
@@ -28,18 +28,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def stop_ray_and_serve() -> None:
-    """End Ray, and Serve with it, without draining Serve's replicas (seconds per module).
-
-    The driver's own handles are stopped first: left running, their metrics pusher would start
-    a new local Ray once this one is gone.
-    """
-    client = serve.context._get_global_client(raise_if_no_controller_running=False)
-    if client is not None:
-        client.shutdown_cached_handles()
-    ray.shutdown()
-
-
 def local_serve(
     tmp_path_factory: pytest.TempPathFactory, host: str = "127.0.0.1", num_gpus: int = 2
 ) -> Iterator[str]:
@@ -48,7 +36,7 @@ def local_serve(
     os.environ["SERVE_APP_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
     os.environ["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] = str(GRPC_MAX_MESSAGE_BYTES)
     cloudpickle.register_pickle_by_value(tests.support.fakes)
-    ray.init(num_cpus=4, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=4, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(
         http_options={"host": host, "port": port},
@@ -57,7 +45,8 @@ def local_serve(
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop_ray_and_serve()
+        stop_serve_handles()
+        stop_ray()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from serve_app.config import TINY_RANDOM_OPT
 from serve_app.deployments.server import load_blip2
 from tests.serve.conftest import free_port
 from tests.support.images import image_bytes
+from tests.support.local_ray import start_ray, stop_ray, stop_serve_handles
 from tests.support.serving import run_app, wait_until
 
 IMAGE = {"data": base64.b64encode(image_bytes(0)).decode()}
@@ -28,7 +29,7 @@ def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]
     """Ray with its metrics exported on a known port, and the app on the tiny model."""
     os.environ["SERVE_APP_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
     metrics_port = free_port()
-    ray.init(
+    start_ray(
         num_cpus=4,
         num_gpus=1,
         include_dashboard=False,
@@ -41,8 +42,8 @@ def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]
         run_app(load_blip2, {"model": {"model_id": TINY_RANDOM_OPT}})
         yield f"http://127.0.0.1:{http_port}", metrics_port
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_serve_handles()
+        stop_ray()
 
 
 def test_application_metrics_reach_the_prometheus_endpoint(ports: tuple[str, int]) -> None:
