@@ -135,12 +135,16 @@ class Usage(StrictModel):
     total_tokens: int
 
 
+BATCH_SIZE = "How many requests the model ran together in this one's batch, this one included."
+
+
 class VQAResponse(StrictModel):
     """The answer to a question about an image."""
 
     answer: str
     model: str
     usage: Usage
+    batch_size: int = Field(ge=1, description=BATCH_SIZE)
 
 
 class CaptionResponse(StrictModel):
@@ -149,6 +153,7 @@ class CaptionResponse(StrictModel):
     caption: str
     model: str
     usage: Usage
+    batch_size: int = Field(ge=1, description=BATCH_SIZE)
 
 
 class GenerateResponse(StrictModel):
@@ -157,6 +162,7 @@ class GenerateResponse(StrictModel):
     text: str
     model: str
     usage: Usage
+    batch_size: int = Field(ge=1, description=BATCH_SIZE)
 
 
 class ErrorDetail(StrictModel):

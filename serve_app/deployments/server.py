@@ -153,7 +153,7 @@ class Blip2Server:
         finally:
             self._generate_cpu_s += time.thread_time() - cpu_started
             self._metrics.generate_time.observe(time.perf_counter() - started)
-        public = [self._public(result) for result in results]
+        public = [self._public(result, len(requests)) for result in results]
         self._health.batch_finished(public)
         for result in public:
             if isinstance(result, ModelResult):
@@ -164,8 +164,10 @@ class Blip2Server:
         return public
 
     @staticmethod
-    def _public(result: ModelResult | Exception) -> ModelResult | Exception:
-        if isinstance(result, ModelResult | ServeAppError):
+    def _public(result: ModelResult | Exception, batch_size: int) -> ModelResult | Exception:
+        if isinstance(result, ModelResult):
+            return result.model_copy(update={"batch_size": batch_size})
+        if isinstance(result, ServeAppError):
             return result
         logger.error("Request failed inside its batch: %r", result)
         return GenerationFailedError("the model failed to generate for this request")

@@ -114,7 +114,12 @@ class Blip2GrpcService(Blip2Handlers):
                         yield pb.GenerateStreamResponse(delta=item)
                         continue
                     usage = messages.to_message(item.usage(), pb.Usage())
-                    end = pb.StreamEnd(finish_reason=item.finish_reason, usage=usage, model=model)
+                    end = pb.StreamEnd(
+                        finish_reason=item.finish_reason,
+                        usage=usage,
+                        model=model,
+                        batch_size=item.batch_size,
+                    )
                     yield pb.GenerateStreamResponse(end=end)
         except Exception as exc:
             self._fail("GenerateStream", grpc_context, exc)

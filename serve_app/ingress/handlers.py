@@ -128,20 +128,35 @@ class Blip2Handlers:
         """Answer a question about an image."""
         prompt = ImagePrompt(request.image, "vqa", request.question, request.params)
         result = await self._run(prompt, "question")
-        return VQAResponse(answer=result.text, model=self._config.name, usage=result.usage())
+        return VQAResponse(
+            answer=result.text,
+            model=self._config.name,
+            usage=result.usage(),
+            batch_size=result.batch_size,
+        )
 
     async def caption(self, request: CaptionRequest) -> CaptionResponse:
         """Caption an image, optionally after a prefix."""
         prompt = ImagePrompt(request.image, "caption", request.prompt or "", request.params)
         result = await self._run(prompt)
-        return CaptionResponse(caption=result.text, model=self._config.name, usage=result.usage())
+        return CaptionResponse(
+            caption=result.text,
+            model=self._config.name,
+            usage=result.usage(),
+            batch_size=result.batch_size,
+        )
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         """Continue a raw prompt about an image."""
         result = await self._run(
             ImagePrompt(request.image, "prompt", request.prompt, request.params)
         )
-        return GenerateResponse(text=result.text, model=self._config.name, usage=result.usage())
+        return GenerateResponse(
+            text=result.text,
+            model=self._config.name,
+            usage=result.usage(),
+            batch_size=result.batch_size,
+        )
 
     async def chat_completions(self, request: ChatCompletionRequest) -> ChatCompletion:
         """An OpenAI chat completion, whole (streams are opened by :meth:`chat_stream`)."""

@@ -48,6 +48,7 @@ class ModelResult(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     finish_reason: Literal["stop", "length"] = "stop"
+    batch_size: int = Field(1, ge=1, description="How many requests ran in this one's batch.")
 
     def usage(self) -> Usage:
         """Token counts in the response shape."""

@@ -313,7 +313,8 @@ def test_the_playground_answers_a_question_about_an_uploaded_image(
     ask(browser, "How many circles are there?")
     wait_for(browser, lambda b: b.find_element(By.ID, "answer").text)
     assert browser.find_element(By.ID, "answer").text == "three"
-    assert "tokens" in browser.find_element(By.ID, "stats").text
+    stats = browser.find_element(By.ID, "stats").text
+    assert "tokens" in stats and stats.endswith("· batch of 1")
 
 
 def test_the_playground_streams_a_chat_answer_token_by_token(url: str, browser: WebDriver) -> None:

@@ -121,6 +121,9 @@ def test_every_rpc_answers_as_the_http_api_does(url: str, stub: Blip2ServiceStub
         http_caption["usage"],
     )
     assert (text.text, usage(text.usage)) == (http_text["text"], http_text["usage"])
+    # One call at a time: each ran in a batch of its own.
+    sizes = [vqa.batch_size, caption.batch_size, text.batch_size, http_vqa["batch_size"]]
+    assert sizes == [1, 1, 1, 1]
     assert vqa.model == caption.model == text.model == TINY_RANDOM_OPT
     assert vqa.usage.completion_tokens <= 6 and text.usage.completion_tokens > 0
 
@@ -166,10 +169,11 @@ def test_streamed_deltas_arrive_over_time_and_join_to_the_unary_answer(
     assert all(message.WhichOneof("event") == "delta" for message in messages[:-1])
     assert len(deltas) > 2 and "".join(deltas) == whole.text
     end = messages[-1].end
-    assert (end.finish_reason, usage(end.usage), end.model) == (
+    assert (end.finish_reason, usage(end.usage), end.model, end.batch_size) == (
         "length" if whole.usage.completion_tokens == 10 else "stop",
         usage(whole.usage),
         TINY_RANDOM_OPT,
+        1,
     )
     times = [moment for moment, _ in arrivals[:-1]]
     assert times[-1] - times[0] > STEP_SECONDS * (len(times) - 2)

@@ -210,7 +210,12 @@ def test_a_stream_sends_deltas_that_join_to_the_text_then_the_end() -> None:
     assert "".join(m.delta for m in sent[:-1]) == "two words"
     assert [m.WhichOneof("event") for m in sent] == ["delta", "delta", "end"]
     end = sent[-1].end
-    assert (end.finish_reason, end.model, end.usage.total_tokens) == ("stop", "fake", 5)
+    assert (end.finish_reason, end.model, end.usage.total_tokens, end.batch_size) == (
+        "stop",
+        "fake",
+        5,
+        1,
+    )
     assert context.code is None
 
 

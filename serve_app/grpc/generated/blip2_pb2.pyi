@@ -251,8 +251,11 @@ class VqaResponse(_message.Message):
     ANSWER_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
     answer: _builtins.str
     model: _builtins.str
+    batch_size: _builtins.int
+    """How many requests the model ran together in this one's batch, this one included."""
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -261,10 +264,11 @@ class VqaResponse(_message.Message):
         answer: _builtins.str = ...,
         model: _builtins.str = ...,
         usage: Global___Usage | None = ...,
+        batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "batch_size", b"batch_size", "model", b"model", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -277,9 +281,12 @@ class CaptionResponse(_message.Message):
     CAPTION_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
     caption: _builtins.str
     """The caption, including the caller's prefix if one was given."""
     model: _builtins.str
+    batch_size: _builtins.int
+    """How many requests the model ran together in this one's batch, this one included."""
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -288,10 +295,11 @@ class CaptionResponse(_message.Message):
         caption: _builtins.str = ...,
         model: _builtins.str = ...,
         usage: Global___Usage | None = ...,
+        batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caption", b"caption", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "caption", b"caption", "model", b"model", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -304,8 +312,11 @@ class GenerateResponse(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     model: _builtins.str
+    batch_size: _builtins.int
+    """How many requests the model ran together in this one's batch, this one included."""
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -314,10 +325,11 @@ class GenerateResponse(_message.Message):
         text: _builtins.str = ...,
         model: _builtins.str = ...,
         usage: Global___Usage | None = ...,
+        batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "model", b"model", "text", b"text", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -360,11 +372,14 @@ class StreamEnd(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
     finish_reason: _builtins.str
     """"stop" (the model finished or a stop string came), "length" (max_new_tokens reached), or
     "error" (the call's status says why).
     """
     model: _builtins.str
+    batch_size: _builtins.int
+    """How many requests the model ran together in this one's batch, this one included."""
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -373,10 +388,11 @@ class StreamEnd(_message.Message):
         finish_reason: _builtins.str = ...,
         usage: Global___Usage | None = ...,
         model: _builtins.str = ...,
+        batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "finish_reason", b"finish_reason", "model", b"model", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

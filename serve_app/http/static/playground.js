@@ -179,7 +179,8 @@ async function answerOnce(path, payload, field, started) {
   if (!response.ok) throw new Error(await errorMessage(response));
   const body = await response.json();
   $("answer").textContent = body[field];
-  showStats(started, body.usage);
+  const batch = body.batch_size ? ` · batch of ${body.batch_size}` : "";
+  showStats(started, body.usage, batch);
 }
 
 async function rank(started) {
