@@ -1,12 +1,14 @@
-"""``EmulatedAcceleratorModel``: a stand-in model whose batch costs a known time.
+"""``EmulatedAcceleratorModel``: a stand-in engine whose requests cost a known time.
 
-A batch of ``n`` takes ``fixed_ms + per_item_ms * n``, so the service around it is measured
-against an exact limit: one replica serves at most ``max_batch_size / batch_seconds`` per second.
-By default the generation thread waits in ``time.sleep``, as a thread waiting on a GPU does. With
-``gil_share`` it is GIL-honest: the batch runs as ``steps`` decoding steps, and in each the thread
-first runs Python for ``gil_share`` of the step (thread CPU time, as Hugging Face ``generate``
-does while it launches a step's kernels), then waits for the rest. Python work elsewhere in the
-replica (the event loop, Ray, per-request code) then delays the steps, as it delays a real GPU's.
+A request runs ``steps`` decoding steps; a step with ``n`` rows takes
+``(fixed_ms + per_item_ms * n) / steps``, so a batch of ``n`` that runs together takes
+``fixed_ms + per_item_ms * n`` and the service around it is measured against an exact limit:
+one replica serves at most ``max_rows / batch_seconds`` per second. By default the loop's
+thread waits in ``time.sleep``, as a thread waiting on a GPU does. With ``gil_share`` it is
+GIL-honest: in each step the thread first runs Python for ``gil_share`` of the step (thread CPU
+time, as a step that launches its kernels does), then waits for the rest. Python work elsewhere
+in the replica (the event loop, Ray, per-request code) then delays the steps, as it delays a
+real GPU's.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import functools
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from serve_app.config import ModelConfig
-from serve_app.model.types import GenerationObserver, ModelInfo, ModelRequest, ModelResult
+from serve_app.engine.types import Admission, EngineStats, RowEvent
+from serve_app.model.types import ModelInfo, ModelResult
 
 
 @dataclass(frozen=True)
@@ -38,18 +41,13 @@ class BatchCost:
         """Seconds a batch of ``batch_size`` takes."""
         return (self.fixed_ms + self.per_item_ms * batch_size) / 1000
 
-    def run(self, batch_size: int) -> None:
-        """Take a batch's time: asleep, or step by step holding the GIL for ``gil_share``."""
-        total = self.seconds(batch_size)
-        if not self.gil_share:
-            time.sleep(total)
-            return
-        step = total / self.steps
-        for _ in range(self.steps):
-            python_until = time.thread_time() + step * self.gil_share
-            while time.thread_time() < python_until:
-                pass
-            time.sleep(step * (1 - self.gil_share))
+    def run_step(self, rows: int) -> None:
+        """Take one step's time: asleep, or holding the GIL for ``gil_share`` of it first."""
+        step = self.seconds(rows) / self.steps
+        python_until = time.thread_time() + step * self.gil_share
+        while time.thread_time() < python_until:
+            pass
+        time.sleep(step * (1 - self.gil_share))
 
     def limit_rps(self, max_batch_size: int, replicas: int = 1) -> float:
         """The most requests per second ``replicas`` can serve: full batches back to back."""
@@ -57,9 +55,10 @@ class BatchCost:
 
 
 class EmulatedAcceleratorModel:
-    """A model whose batches sleep for a known time and answer with the request's text.
+    """An engine whose steps sleep for a known time; each request ends after ``steps`` steps
+    with the request's text.
 
-    Each replica appends the size of every batch to ``<record_dir>/<pid>.txt``, so a benchmark
+    Each replica appends the rows of every step to ``<record_dir>/<pid>.txt``, so a benchmark
     sees the batches of every replica (see :func:`recorded_batch_sizes`).
     """
 
@@ -67,18 +66,36 @@ class EmulatedAcceleratorModel:
         self._config = config
         self._cost = cost
         self._record = record_dir / f"{os.getpid()}.txt"
+        self._left: dict[int, tuple[int, str]] = {}
 
-    def generate(
-        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
-    ) -> list[ModelResult | Exception]:
-        """Take the batch's time (see ``BatchCost.run``), then answer every request."""
-        self._cost.run(len(requests))
+    @property
+    def max_rows(self) -> int:
+        """The configured rows."""
+        return self._config.max_rows
+
+    def step(self, admitted: Sequence[Admission], cancelled: Collection[int]) -> list[RowEvent]:
+        """Take the step's time (see ``BatchCost.run_step``); answer the rows that are done."""
+        for key in cancelled:
+            self._left.pop(key, None)
+        self._left.update((a.key, (self._cost.steps, a.request.text)) for a in admitted)
+        if not self._left:
+            return []
+        self._cost.run_step(len(self._left))
         with self._record.open("a") as record:
-            record.write(f"{len(requests)}\n")
-        return [
-            ModelResult(text=f"emulated:{r.text}", prompt_tokens=1, completion_tokens=1)
-            for r in requests
-        ]
+            record.write(f"{len(self._left)}\n")
+        events = []
+        for key, (left, text) in list(self._left.items()):
+            if left > 1:
+                self._left[key] = (left - 1, text)
+                continue
+            del self._left[key]
+            result = ModelResult(text=f"emulated:{text}", prompt_tokens=1, completion_tokens=1)
+            events.append(RowEvent(key, outcome=result))
+        return events
+
+    def clear(self) -> None:
+        """Drop every row."""
+        self._left.clear()
 
     def info(self) -> ModelInfo:
         """What a model replica describes; the device is named as emulated."""
@@ -89,6 +106,10 @@ class EmulatedAcceleratorModel:
             device="emulated",
             num_query_tokens=32,
         )
+
+    def stats(self) -> EngineStats:
+        """No images are encoded."""
+        return EngineStats()
 
 
 def emulated_model(

@@ -28,6 +28,7 @@ import torch
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
 from serve_app.config import TINY_RANDOM_OPT, TINY_RANDOM_T5, ModelConfig
+from serve_app.engine.blip2_engine import Blip2Engine
 from serve_app.model.architectures import KNOWN, NUM_QUERY_TOKENS, OPT_2_7B
 from serve_app.model.blip2 import Blip2Model
 from serve_app.model.builtin import resolve_builtin
@@ -119,7 +120,8 @@ def processor_at_224px(model_id: str) -> Any:
         return Blip2Processor.from_pretrained(folder, backend="pil")
 
 
-def _random_model(config: ModelConfig, model_id: str, smoke: bool) -> Blip2Model:
+def random_model(config: ModelConfig, model_id: str, smoke: bool) -> Blip2Model:
+    """``Blip2Model`` of ``model_id``'s architecture with random weights, as configured."""
     directory = Path(tempfile.mkdtemp(prefix="random-blip2-"))
     try:
         save_random_checkpoint(model_id, directory, config.max_new_tokens_limit, smoke)
@@ -128,10 +130,15 @@ def _random_model(config: ModelConfig, model_id: str, smoke: bool) -> Blip2Model
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def factory(model_id: str = OPT_2_7B, smoke: bool = False) -> Callable[[ModelConfig], Blip2Model]:
+def _random_engine(config: ModelConfig, model_id: str, smoke: bool) -> Blip2Engine:
+    model = random_model(config, model_id, smoke)
+    return Blip2Engine(model, config.max_rows, int(config.feature_cache_mib * 2**20))
+
+
+def factory(model_id: str = OPT_2_7B, smoke: bool = False) -> Callable[[ModelConfig], Blip2Engine]:
     """A model factory for ``build_application``: a random ``model_id`` with the config's
-    settings."""
-    return functools.partial(_random_model, model_id=model_id, smoke=smoke)
+    settings, in the decoding loop's engine."""
+    return functools.partial(_random_engine, model_id=model_id, smoke=smoke)
 
 
 def measure_bare(model: Any, batch_size: int, repeats: int) -> dict[str, Any]:

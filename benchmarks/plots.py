@@ -370,3 +370,52 @@ def grpc_vs_http(result: dict[str, Any], path: Path) -> None:
     cpu.set_xlabel("CPU ms per request, 16 clients")
     cpu.set_title("where the CPU goes")
     _save(figure, path, f"gRPC vs HTTP, the same questions ({result['model']}, 64x64 PNG)")
+
+
+def decoding_loop(result: dict[str, Any], path: Path) -> None:
+    """Four panels: short p50 alone and beside long, throughput with one or 16 sampling
+    settings, time to first token alone and busy, latency of five questions on one image."""
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    mix, settings, first, same = (
+        result["mix"],
+        result["settings"],
+        result["first_token"],
+        result["same_image"],
+    )
+    panels = [
+        (
+            axes[0],
+            "short answers, p50 ms",
+            {
+                "16 short": mix["short_alone"]["p50_ms"],
+                "12 short + 4 long": mix["short_beside_long"]["p50_ms"],
+            },
+        ),
+        (
+            axes[1],
+            "sampling, requests/s",
+            {
+                "1 setting": settings["one_setting"]["throughput_rps"],
+                "16 settings": settings["distinct_settings"]["throughput_rps"],
+            },
+        ),
+        (
+            axes[2],
+            "first token, p50 ms",
+            {"alone": first["alone_p50_ms"], "beside 15 long": first["beside_15_long_p50_ms"]},
+        ),
+        (
+            axes[3],
+            "one image, 5 questions: ms",
+            {f"q{i + 1}": ms for i, ms in enumerate(same["latencies_ms"])},
+        ),
+    ]
+    for ax, ylabel, bars in panels:
+        names = list(bars)
+        ax.bar(names, [bars[name] for name in names], color="#4c72b0")
+        for x, name in enumerate(names):
+            _label(bars[name], ax, x, "{:.1f}")
+        ax.set_ylabel(ylabel)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    _save(figure, path, "Decoding loop on the CPU (tiny model, forced lengths), through HTTP")

@@ -23,6 +23,7 @@ SCENARIOS = {
     "cold-start": "from `serve run` to the first 200, split into phases",
     "profile": "where the CPU goes under load; resizing in the ingress before and after",
     "overload": "400 clients on one CPU replica, load shedding on and off",
+    "decoding-loop": "short beside long, distinct sampling settings, first token, one image",
 }
 GPU_SCENARIOS = {
     "gpu": "BLIP-2 Flan-T5-XL (or --model) sizes on CUDA: bare model vs service, per batch size",

@@ -123,7 +123,7 @@ def _model_deployment(
         max_ongoing_requests=options.max_ongoing_requests,
         max_queued_requests=options.max_queued_requests,
         autoscaling_config=options.autoscaling_config,
-        user_config=(batching or BatchingConfig()).model_dump(),
+        user_config=(batching or BatchingConfig()).model_dump(exclude_none=True),
         health_check_period_s=options.health_check_period_s,
         health_check_timeout_s=options.health_check_timeout_s,
         graceful_shutdown_timeout_s=options.graceful_shutdown_timeout_s,

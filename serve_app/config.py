@@ -33,6 +33,7 @@ INGRESS_DEPLOYMENT = "Blip2Ingress"
 DEFAULT_VQA_TEMPLATE = "Question: {question} Answer:"
 
 DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_MAX_ROWS = 32
 DEFAULT_GRACEFUL_SHUTDOWN_S = 130.0
 """Room for a request at the default ``request_timeout_s`` (120 s) to finish, and its answer."""
 
@@ -100,6 +101,21 @@ class ModelConfig(CheckpointConfig):
         False,
         description="Preallocate the KV cache and, on CUDA, let transformers compile the "
         "decoding step with torch.compile (a compile per new batch shape).",
+    )
+
+    max_rows: int = Field(
+        DEFAULT_MAX_ROWS,
+        ge=1,
+        le=1024,
+        description="Rows the decoding loop holds at most: requests generating at once in a "
+        "replica. Fixed when the replica starts (the memory plan sizes it); the live "
+        "batching.max_rows moves within it.",
+    )
+    feature_cache_mib: float = Field(
+        64.0,
+        ge=0.0,
+        description="Memory for image features kept by image (MiB, on the model's device); a "
+        "hit skips the vision encoder and the Q-Former. 0 keeps none.",
     )
 
     @field_validator("vqa_prompt_template")
@@ -171,7 +187,20 @@ class BatchingConfig(StrictModel):
     merge_waiting_batches: bool = Field(
         True,
         description="Run the batches that formed while the model was busy as one batch, up to "
-        "max_batch_size (false: each runs as @serve.batch closed it).",
+        "max_batch_size (false: each runs as @serve.batch closed it). Retrieval only: the "
+        "generation model's decoding loop admits requests at every step.",
+    )
+    max_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Generation only: rows the decoding loop uses, at most model.max_rows (its "
+        "bound, fixed at start); unset: all of them.",
+    )
+    max_prefills_per_step: int | None = Field(
+        None,
+        ge=1,
+        description="Generation only: requests the decoding loop admits in one step, so that "
+        "prefills do not stall the running rows for long; unset: as many as rows are free.",
     )
 
 
@@ -189,10 +218,11 @@ class ModelDeploymentConfig(StrictModel):
     num_cpus: float = Field(1.0, ge=0.0)
     resources: dict[str, float] = Field(default_factory=dict)
     max_ongoing_requests: int = Field(
-        4 * DEFAULT_MAX_BATCH_SIZE,
+        2 * DEFAULT_MAX_ROWS,
         ge=1,
-        description="Requests a replica holds: room for the batch in progress and three more "
-        "waiting. A max_batch_size above it is refused when batching is applied.",
+        description="Calls a replica holds (a grouped call counts once): room for a call per "
+        "row of the decoding loop and as many waiting. A max_batch_size above it is refused "
+        "when batching is applied.",
     )
     max_queued_requests: int = Field(256, ge=-1, description="-1 means unbounded.")
     autoscaling_config: dict[str, Any] = Field(

@@ -3,7 +3,8 @@
 Plans every model a Serve config file serves (``--config``), or one model named on the command
 line, without weights or a GPU: the architecture is built on the meta device (see
 :mod:`serve_app.model.memory`). Prints, per model, the weights, the memory of one request at
-the configured limits and the largest ``max_batch_size`` on common cards (or on
+the configured limits and the largest batch (rows of the decoding loop; retrieval:
+``max_batch_size``) on common cards (or on
 ``--gpu-memory-gib``). Exits with 1 when a configured batch does not fit the given memory.
 """
 
@@ -29,7 +30,8 @@ from serve_app.model.memory import GIB, GPUS, plan_for, share_of_gpu
 def configured_models(
     path: Path, app: str | None
 ) -> list[tuple[CheckpointConfig, ModelDeploymentConfig, int]]:
-    """Each model ``app`` (the first application if unset) serves, its deployment and batch."""
+    """Each model ``app`` (the first application if unset) serves, its deployment and batch
+    (the generation model's rows, the retrieval model's ``max_batch_size``)."""
     import yaml
 
     document: dict[str, Any] = yaml.safe_load(path.read_text())
@@ -49,7 +51,9 @@ def configured_models(
     )
     models: list[tuple[CheckpointConfig, ModelDeploymentConfig, int]] = []
     for settings, deployment, name in served:
-        if settings is not None:
+        if isinstance(settings, ModelConfig):
+            models.append((settings, deployment, settings.max_rows))
+        elif settings is not None:
             batch = batches.get(name, BatchingConfig()).max_batch_size
             models.append((settings, deployment, batch))
     return models
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"])
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--num-beams", type=int, default=4)
-    parser.add_argument("--batch", type=int, help="a max_batch_size to check")
+    parser.add_argument("--batch", type=int, help="rows (model.max_rows) to check")
     parser.add_argument(
         "--gpu-memory-gib", type=float, help="the GPU's memory (default: a table of common cards)"
     )
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             max_new_tokens_limit=args.max_new_tokens,
             max_num_beams=args.num_beams,
         )
-        models = [(model, ModelDeploymentConfig(), args.batch or BatchingConfig().max_batch_size)]
+        models = [(model, ModelDeploymentConfig(), args.batch or model.max_rows)]
     fits = True
     for settings, deployment, batch in models:
         plan = plan_for(settings)
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.gpu_memory_gib is not None and batch > plan.largest_batch(
             next(iter(gpus.values()))
         ):
-            print(f"WARNING: {settings.name}: max_batch_size {batch} does not fit", file=sys.stderr)
+            setting = plan.batch_setting
+            print(f"WARNING: {settings.name}: {setting} {batch} does not fit", file=sys.stderr)
             fits = False
     return 0 if fits else 1
 

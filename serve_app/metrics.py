@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import cast
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+from serve_app.engine.types import EngineStats
 
 
 def _tags(*keys: str) -> tuple[str]:
@@ -21,23 +23,37 @@ BYTES = [1e3, 1e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7]
 
 
 class ServerMetrics:
-    """What the model deployment reports about its batches."""
+    """What a model deployment reports about its batches (retrieval) or decoding steps
+    (generation: a step's rows are its batch)."""
 
     def __init__(self) -> None:
         self.batch_size = Histogram(
             "blip2_batch_size",
-            description="Requests per model batch.",
+            description="Requests per model batch (generation: rows per decoding step).",
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
         )
         self.queue_wait = Histogram(
             "blip2_queue_wait_seconds",
-            description="Time a request waited on the model replica before its batch started.",
+            description="Time a request waited on the model replica before its batch started "
+            "(generation: before it got a row).",
             boundaries=SECONDS,
         )
         self.generate_time = Histogram(
             "blip2_generate_seconds",
-            description="Wall time of one batched generation.",
+            description="Wall time of one batch (generation: of one decoding step).",
             boundaries=SECONDS,
+        )
+        self.images_encoded = Counter(
+            "blip2_images_encoded",
+            description="Images run through the vision encoder and Q-Former (cache misses).",
+        )
+        self.feature_cache_hits = Counter(
+            "blip2_feature_cache_hits",
+            description="Requests whose image features were cached (or encoded in the same step "
+            "for another request): no vision encoder run.",
+        )
+        self.feature_cache_bytes = Gauge(
+            "blip2_feature_cache_bytes", description="Bytes of image features cached."
         )
         self.generated_tokens = Counter(
             "blip2_generated_tokens", description="Tokens generated for callers."
@@ -52,6 +68,19 @@ class ServerMetrics:
         """Record how long each request of a starting batch waited for it."""
         for wait in waits:
             self.queue_wait.observe(wait)
+
+    def observe_engine(self, before: EngineStats, now: EngineStats) -> EngineStats:
+        """Count what an engine's counters gained since ``before``; returns ``now``."""
+        gains = (
+            (self.images_encoded, now.images_encoded - before.images_encoded),
+            (self.feature_cache_hits, now.feature_cache_hits - before.feature_cache_hits),
+        )
+        for counter, gain in gains:
+            if gain > 0:  # Ray counters refuse an increment of 0
+                counter.inc(gain)
+        if now.feature_cache_bytes != before.feature_cache_bytes:
+            self.feature_cache_bytes.set(now.feature_cache_bytes)
+        return now
 
 
 class IngressMetrics:

@@ -41,7 +41,7 @@ def run(settings: Settings) -> dict[str, Any]:
     model_id = settings.model_id if settings.model_id in KNOWN else FLAN_T5_XL
     args = service_args(model_id, smoke)
     config = ModelConfig.model_validate(args["model"])
-    model = gpu_model.factory(model_id, smoke)(config)
+    model = gpu_model.random_model(config, model_id, smoke)
     bare = [gpu_model.measure_bare(model, size, 1 if smoke else REPEATS) for size in sizes]
     del model
     if torch.cuda.is_available():

@@ -46,7 +46,7 @@ MAX_BATCH_SIZE, WAIT_S = 16, 0.1
 MEASURE_S = 20.0
 ROUNDS = 2
 VARIANTS: tuple[tuple[str, ImageKind, ModelFactory | None], ...] = (
-    ("large images, before", "large", full_resolution.FullResolutionBlip2),
+    ("large images, before", "large", full_resolution.FullResolutionBlip2.load),
     ("large images, after", "large", None),
     ("small images", "small", None),
 )

@@ -1,10 +1,10 @@
-"""``RequestBatcher``: ``@serve.batch`` in front of a ``BatchScheduler``, set by one config.
+"""``RequestBatcher``: ``@serve.batch`` in front of a request queue, set by one config.
 
-Requests reach the scheduler three ways. One that finds the model idle starts at once: waiting
-for company would only delay it. Single requests that arrive while the model is busy gather in
+Requests reach the queue (a ``BatchScheduler``, or the decoding loop) three ways. One that
+finds the queue idle (the model idle, or a free row in the loop) starts at once: waiting for
+company would only delay it. Single requests that arrive while the model is busy gather in
 ``@serve.batch`` (``max_batch_size``, ``batch_wait_timeout_s``). A group sent in one call (the
-ingress's unit under load) joins the scheduler's queue as it is. The scheduler runs the model
-one batch at a time, merging what waits while the model is busy. ``configure`` applies a
+ingress's unit under load) joins the queue as it is. ``configure`` applies a
 ``BatchingConfig`` to both at once, live.
 """
 
@@ -16,14 +16,7 @@ from typing import Any, Generic, cast
 
 from ray import serve
 
-from serve_app.batching.scheduler import (
-    BatchScheduler,
-    OnBatchStart,
-    QueuedRequest,
-    RequestT,
-    ResultT,
-    RunBatch,
-)
+from serve_app.batching.scheduler import QueuedRequest, RequestQueue, RequestT, ResultT
 from serve_app.batching.streams import RequestStream
 from serve_app.config import BatchingConfig
 
@@ -43,28 +36,22 @@ def _batched(settings: BatchingConfig) -> Callable[[BatchedEnqueue], Enqueue]:
 
 
 class RequestBatcher(Generic[RequestT, ResultT]):
-    """Batches concurrent requests for ``run_batch``; each caller reads its own events.
+    """Batches concurrent requests into ``queue``; each caller reads its own events.
 
     Must be used on one event loop (a Serve replica's).
     """
 
-    def __init__(
-        self,
-        run_batch: RunBatch[RequestT, ResultT],
-        max_ongoing_requests: int,
-        on_batch_start: OnBatchStart | None = None,
-    ) -> None:
+    def __init__(self, queue: RequestQueue[RequestT, ResultT], max_ongoing_requests: int) -> None:
         self._max_ongoing_requests = max_ongoing_requests
-        self._scheduler: BatchScheduler[RequestT, ResultT] = BatchScheduler(
-            run_batch, DEFAULTS.max_batch_size, DEFAULTS.merge_waiting_batches, on_batch_start
-        )
+        self._queue = queue
         self.settings = DEFAULTS
 
     def configure(self, settings: BatchingConfig) -> None:
         """Apply new batching settings to the requests that arrive from now on.
 
         Raises:
-            ValueError: ``max_batch_size`` over the replica's ``max_ongoing_requests``.
+            ValueError: ``max_batch_size`` over the replica's ``max_ongoing_requests``, or a
+                setting the queue refuses.
         """
         if settings.max_batch_size > self._max_ongoing_requests:
             raise ValueError(
@@ -72,11 +59,10 @@ class RequestBatcher(Generic[RequestT, ResultT]):
                 f"max_ongoing_requests {self._max_ongoing_requests}: full batches could never "
                 "form. Raise model_deployment.max_ongoing_requests in the app args."
             )
+        self._queue.configure(settings)
         # The setters are Serve's documented API on @serve.batch methods, absent from its typing.
         self._enqueue.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
         self._enqueue.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)  # type: ignore[attr-defined]
-        self._scheduler.max_batch_size = settings.max_batch_size
-        self._scheduler.merge = settings.merge_waiting_batches
         self.settings = settings
 
     async def events(self, request: RequestT) -> AsyncIterator[str | ResultT | Exception]:
@@ -87,8 +73,8 @@ class RequestBatcher(Generic[RequestT, ResultT]):
         stream: RequestStream[ResultT] = RequestStream()
         queued = QueuedRequest(request, stream)
         try:
-            if self._scheduler.idle:
-                self._scheduler.submit([queued])
+            if self._queue.idle:
+                self._queue.submit([queued])
             else:
                 await self._enqueue(queued)
             async for event in stream:
@@ -102,10 +88,7 @@ class RequestBatcher(Generic[RequestT, ResultT]):
 
         A caller who goes away cancels the whole group.
         """
-        group: list[QueuedRequest[RequestT, ResultT]] = [
-            QueuedRequest(request, RequestStream()) for request in requests
-        ]
-        self._scheduler.submit(group)
+        group = self._submit_group(requests)
         try:
             return [await queued.stream.outcome() for queued in group]
         except asyncio.CancelledError:
@@ -113,7 +96,37 @@ class RequestBatcher(Generic[RequestT, ResultT]):
                 queued.stream.cancel()
             raise
 
+    async def outcomes_as_done(
+        self, requests: Sequence[RequestT]
+    ) -> AsyncIterator[tuple[int, ResultT | Exception]]:
+        """``(index, outcome)`` of a group's requests, each as soon as it is done (the group
+        is queued at once, with no batch wait).
+
+        A caller who goes away cancels what is not done.
+        """
+        group = self._submit_group(requests)
+
+        async def outcome(index: int) -> tuple[int, ResultT | Exception]:
+            return index, await group[index].stream.outcome()
+
+        pending = [asyncio.ensure_future(outcome(index)) for index in range(len(group))]
+        try:
+            for done in asyncio.as_completed(pending):
+                yield await done
+        finally:
+            for queued, task in zip(group, pending, strict=True):
+                if not task.done():
+                    queued.stream.cancel()
+                    task.cancel()
+
+    def _submit_group(self, requests: Sequence[RequestT]) -> list[QueuedRequest[RequestT, ResultT]]:
+        group: list[QueuedRequest[RequestT, ResultT]] = [
+            QueuedRequest(request, RequestStream()) for request in requests
+        ]
+        self._queue.submit(group)
+        return group
+
     @_batched(DEFAULTS)
     async def _enqueue(self, queued: list[QueuedRequest[RequestT, ResultT]]) -> list[None]:
-        self._scheduler.submit(queued)
+        self._queue.submit(queued)
         return [None] * len(queued)

@@ -1,26 +1,30 @@
 """``CallGroups``: concurrent requests share one call to the model deployment (no Ray).
 
 Every call across Ray costs both ends the same fixed CPU, whatever it carries, so under load
-the ingress sends the requests that are waiting together, one call per group. A request that
-finds fewer than ``max_in_flight`` calls out goes at once (with whatever arrived in the same
-turn of the event loop), so an idle service adds no wait; otherwise it waits for a call to
-come back and then goes with every request that waited, in groups of at most
-``max_group_size``. A full group never waits.
+the ingress sends the requests that are waiting together, one call per group, and each
+result comes back on the call's stream the moment it is ready. The ingress keeps at most
+``max_in_flight`` requests out (the model replicas' rows and a little queue): a request that
+finds room goes at once (with whatever arrived in the same turn of the event loop), so an idle
+service adds no wait; otherwise it waits until results have come back and there is room for
+all that wait, so a saturated service is sent groups, not one call per freed row. A full group
+of ``max_group_size`` never waits: a backlog reaches the model replicas (their queues and their
+autoscaling) as full groups.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
-SendGroup = Callable[[list[ItemT]], Awaitable[Sequence[ResultT | Exception]]]
-"""Sends a group in one call; returns one result or exception per item, in order."""
+SendGroup = Callable[[list[ItemT]], AsyncIterator[tuple[int, ResultT | Exception]]]
+"""Sends a group in one call; yields ``(index, result or exception)`` of each item as it is
+ready, each index once."""
 
 
 @dataclass(eq=False)
@@ -50,13 +54,19 @@ class CallGroups(Generic[ItemT, ResultT]):
         self.max_in_flight = max_in_flight
         self._send = send
         self._waiting: deque[_Member[ItemT, ResultT]] = deque()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._calls: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
 
     @property
+    def in_flight(self) -> int:
+        """Items sent and not yet answered."""
+        return self._in_flight
+
+    @property
     def calls_in_flight(self) -> int:
-        """Calls sent and not yet answered."""
-        return len(self._in_flight)
+        """Calls sent and not yet finished."""
+        return len(self._calls)
 
     async def call(self, item: ItemT) -> ResultT:
         """``item``'s result, sent in a group with the other items waiting.
@@ -82,17 +92,22 @@ class CallGroups(Generic[ItemT, ResultT]):
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Send full groups at once, and a partial one when there is room for all it holds."""
         self._flush_scheduled = False
-        while self._waiting and (
-            len(self._in_flight) < self.max_in_flight or len(self._waiting) >= self.max_group_size
-        ):
-            members = self._take_group()
+        while self._waiting:
+            if len(self._waiting) >= self.max_group_size:
+                size = self.max_group_size
+            else:
+                size = min(self.max_group_size, self.max_in_flight - self._in_flight)
+                if size < min(self.max_in_flight, len(self._waiting)):
+                    return
+            members = self._take_group(size)
             if members:
                 self._start(_Group(members))
 
-    def _take_group(self) -> list[_Member[ItemT, ResultT]]:
+    def _take_group(self, size: int) -> list[_Member[ItemT, ResultT]]:
         members: list[_Member[ItemT, ResultT]] = []
-        while self._waiting and len(members) < self.max_group_size:
+        while self._waiting and len(members) < size:
             member = self._waiting.popleft()
             if not member.future.done():  # its caller has not gone away
                 members.append(member)
@@ -101,35 +116,44 @@ class CallGroups(Generic[ItemT, ResultT]):
     def _start(self, group: _Group[ItemT, ResultT]) -> None:
         for member in group.members:
             member.group = group
+        self._in_flight += len(group.members)
         task = asyncio.get_running_loop().create_task(self._run(group))
         group.task = task
-        self._in_flight.add(task)
-        task.add_done_callback(self._call_done)
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
 
-    def _call_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+    def _answered(self, count: int) -> None:
+        self._in_flight -= count
         if self._waiting:
             self._schedule_flush()
 
     async def _run(self, group: _Group[ItemT, ResultT]) -> None:
         members = group.members
+        open_members = set(range(len(members)))
         try:
-            results = await self._send([member.item for member in members])
-            if len(results) != len(members):
-                raise RuntimeError(f"{len(results)} results for a group of {len(members)}")
+            async for index, result in self._send([member.item for member in members]):
+                if index not in open_members:
+                    raise RuntimeError(f"result {index} of a group of {len(members)} is unknown")
+                open_members.discard(index)
+                _settle(members[index].future, result)
+                self._answered(1)
+            if open_members:
+                raise RuntimeError(f"{len(open_members)} of a group of {len(members)} unanswered")
         except asyncio.CancelledError:
-            for member in members:
-                member.future.cancel()
+            for index in open_members:
+                members[index].future.cancel()
             raise
         except Exception as exc:
-            for member in members:
-                if not member.future.done():
-                    member.future.set_exception(exc)
-            return
-        for member, result in zip(members, results, strict=True):
-            if member.future.done():
-                continue
-            if isinstance(result, Exception):
-                member.future.set_exception(result)
-            else:
-                member.future.set_result(result)
+            for index in open_members:
+                _settle(members[index].future, exc)
+        finally:
+            self._answered(len(open_members))
+
+
+def _settle(future: asyncio.Future[ResultT], result: ResultT | Exception) -> None:
+    if future.done():
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

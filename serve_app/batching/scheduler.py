@@ -16,9 +16,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from serve_app.batching.streams import RequestStream, StreamsObserver
+from serve_app.config import DEFAULT_MAX_BATCH_SIZE, BatchingConfig
 from serve_app.contract.errors import GenerationFailedError
 from serve_app.model.types import GenerationObserver
 
@@ -43,6 +44,20 @@ class QueuedRequest(Generic[RequestT, ResultT]):
     arrived: float = field(default_factory=time.perf_counter)
 
 
+class RequestQueue(Protocol[RequestT, ResultT]):
+    """Where a replica's requests go to be run: a ``BatchScheduler`` or the decoding loop."""
+
+    @property
+    def idle(self) -> bool:
+        """Whether a request submitted now starts at once."""
+
+    def submit(self, queued: Sequence[QueuedRequest[RequestT, ResultT]]) -> None:
+        """Queue a group of requests; their outcomes arrive on their streams."""
+
+    def configure(self, settings: BatchingConfig) -> None:
+        """Apply live batching settings."""
+
+
 class BatchScheduler(Generic[RequestT, ResultT]):
     """Feeds queued requests to ``run_batch`` in batches of at most ``max_batch_size``.
 
@@ -55,7 +70,7 @@ class BatchScheduler(Generic[RequestT, ResultT]):
     def __init__(
         self,
         run_batch: RunBatch[RequestT, ResultT],
-        max_batch_size: int,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         merge: bool = True,
         on_batch_start: OnBatchStart | None = None,
     ) -> None:
@@ -73,6 +88,11 @@ class BatchScheduler(Generic[RequestT, ResultT]):
         """Whether no batch is running and none is waiting: a request submitted now starts at
         once."""
         return not self._running and not self._groups
+
+    def configure(self, settings: BatchingConfig) -> None:
+        """Batch up to ``max_batch_size``, merging waiting batches if ``merge_waiting_batches``."""
+        self.max_batch_size = settings.max_batch_size
+        self.merge = settings.merge_waiting_batches
 
     def submit(self, queued: Sequence[QueuedRequest[RequestT, ResultT]]) -> None:
         """Queue a group of requests; their outcomes arrive on their streams."""

@@ -209,6 +209,12 @@ class ModelCard(StrictModel):
     max_batch_size: int
     batch_wait_timeout_s: float
     merge_waiting_batches: bool
+    max_rows: int | None = Field(
+        None, description="Requests the replica's decoding loop generates for at once."
+    )
+    max_prefills_per_step: int | None = Field(
+        None, description="Requests the decoding loop admits in one step (null: as rows free)."
+    )
     limits: ModelLimits | None = None
 
 

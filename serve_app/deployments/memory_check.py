@@ -1,10 +1,11 @@
 """A model replica's check that its model and batch fit the GPU memory it was given.
 
 The replica plans its model (:mod:`serve_app.model.memory`) before loading any weights: one
-whose weights cannot fit does not start, and a ``max_batch_size`` whose worst case cannot fit
-is refused, each with the plan in the message. The memory is ``gpu_memory_gib`` where set, else
-on CUDA the card's memory times the share of a GPU Ray assigned the replica; on a CPU without
-``gpu_memory_gib`` nothing is checked.
+whose weights cannot fit does not start, and rows (``model.max_rows``; retrieval: a
+``max_batch_size``) whose worst case cannot fit are refused, each with the plan in the
+message. The memory is ``gpu_memory_gib`` where set, else on CUDA the card's memory times the
+share of a GPU Ray assigned the replica; on a CPU without ``gpu_memory_gib`` nothing is
+checked.
 """
 
 from __future__ import annotations
@@ -59,22 +60,25 @@ class MemoryCheck:
         if self._plan.largest_batch(self._memory, num_beams=1) == 0:
             raise ValueError(self._problem("does not fit"))
 
-    def check_batch(self, max_batch_size: int) -> None:
-        """Refuse a ``max_batch_size`` whose worst-case batch cannot fit.
+    def check_batch(self, size: int) -> None:
+        """Refuse a batch of ``size`` worst-case requests (the decoding loop's rows, or
+        retrieval's ``max_batch_size``) that cannot fit.
 
         Raises:
             ValueError: It cannot fit; the message holds the plan.
         """
         if self._plan is None or self._memory is None:
             return
-        if max_batch_size > self._plan.largest_batch(self._memory):
-            raise ValueError(self._problem(f"with max_batch_size {max_batch_size} does not fit"))
+        if size > self._plan.largest_batch(self._memory):
+            setting = self._plan.batch_setting
+            raise ValueError(self._problem(f"with {setting} {size} does not fit"))
 
     def _problem(self, what: str) -> str:
         assert self._plan is not None and self._memory is not None
         gpu = {"this replica": self._memory}
         return (
             f"{self._name} {what} in {self._memory / GIB:.1f} GiB of GPU memory: lower "
-            "max_batch_size or max_num_beams, quantize, or give the replica a larger GPU "
-            f"(python -m serve_app.memory_plan plans a config).\n{self._plan.report(gpu)}"
+            f"{self._plan.batch_setting} or max_num_beams, quantize, or give the replica a "
+            "larger GPU (python -m serve_app.memory_plan plans a config).\n"
+            f"{self._plan.report(gpu)}"
         )

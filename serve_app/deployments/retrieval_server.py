@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel
 
 from serve_app.batching.batcher import RequestBatcher
+from serve_app.batching.scheduler import BatchScheduler
 from serve_app.config import BatchingConfig, RetrievalModelConfig
 from serve_app.contract.errors import GenerationFailedError, ServeAppError
 from serve_app.deployments.health import ReplicaHealth
@@ -74,10 +75,12 @@ class Blip2RetrievalServer:
         self._model = (model_factory or load_retrieval)(model_options)
         self._metrics = ServerMetrics()
         self._images: RequestBatcher[RetrievalRequest, RetrievalResult] = RequestBatcher(
-            self._run_model, max_ongoing_requests, self._metrics.observe_waits
+            BatchScheduler(self._run_model, on_batch_start=self._metrics.observe_waits),
+            max_ongoing_requests,
         )
         self._texts: RequestBatcher[RetrievalRequest, RetrievalResult] = RequestBatcher(
-            self._run_model, max_ongoing_requests, self._metrics.observe_waits
+            BatchScheduler(self._run_model, on_batch_start=self._metrics.observe_waits),
+            max_ongoing_requests,
         )
         self._batch_sizes: Counter[int] = Counter()
         self._health = ReplicaHealth(batch_timeout_s)

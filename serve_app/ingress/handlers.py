@@ -225,7 +225,7 @@ class Blip2Handlers:
 
         async def start() -> tuple[ModelStream, str | ModelResult]:
             # A stream is backlog until its first event: the wait it shares with the others.
-            with calls.admission.admitted():
+            with calls.admission.admitted(self._work(turn.params)):
                 model_request = await self._model_request(calls, turn, stream=True)
                 return await calls.ask(model.open_stream(model_request))
 
@@ -238,11 +238,15 @@ class Blip2Handlers:
         self._check_limits(prompt.text, prompt.params, text_param)
 
         async def run() -> ModelResult:
-            with calls.admission.admitted():
+            with calls.admission.admitted(self._work(prompt.params)):
                 model_request = await self._model_request(calls, prompt)
                 return await calls.ask(model.generate(model_request))
 
         return await calls.within_deadline(run())
+
+    def _work(self, params: GenerationParams) -> float:
+        """A request's share of the model's work: the tokens it may generate."""
+        return float(params.max_new_tokens or self._config.default_max_new_tokens)
 
     @staticmethod
     async def _model_request(

@@ -18,7 +18,7 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.batching.groups import CallGroups
-from serve_app.config import DEFAULT_MAX_BATCH_SIZE
+from serve_app.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_ROWS, BatchingConfig
 from serve_app.contract.errors import (
     GenerationFailedError,
     ModelOverloadedError,
@@ -101,8 +101,9 @@ class ModelClient:
     """The model deployment as the ingress calls it: typed calls, typed errors, one retry.
 
     Concurrent requests share calls (``CallGroups``): one call per group of up to the model's
-    ``max_batch_size``, with at most ``calls_per_replica`` calls out per running model replica
-    before requests wait for one to come back.
+    ``max_batch_size``, each result streamed back as its row ends. The ingress keeps as many
+    requests out as the running model replicas have rows, plus ``calls_per_replica`` groups
+    queued at each, so a row that frees finds its next request already there.
     """
 
     def __init__(self, handle: DeploymentHandle[Any], calls_per_replica: int) -> None:
@@ -110,12 +111,14 @@ class ModelClient:
         self._streaming = handle.options(stream=True)
         self._calls_per_replica = calls_per_replica
         self._groups: CallGroups[ModelRequest, ModelResult] = CallGroups(
-            self._send_group, DEFAULT_MAX_BATCH_SIZE, calls_per_replica
+            self._send_group,
+            DEFAULT_MAX_BATCH_SIZE,
+            in_flight_per_replica(BatchingConfig(), DEFAULT_MAX_ROWS, calls_per_replica),
         )
         self._follower: asyncio.Task[None] | None = None
 
     async def generate(self, request: ModelRequest) -> ModelResult:
-        """Generate for one request (it shares a call, and a batch, with others in flight)."""
+        """Generate for one request (it shares a call with others in flight)."""
         if self._follower is None:
             self._follower = asyncio.get_running_loop().create_task(self._follow_model())
         request_id = _get_serve_request_context().request_id
@@ -133,22 +136,43 @@ class ModelClient:
         self._groups.max_group_size = info.batching.max_batch_size
         return info
 
-    async def _send_group(self, requests: list[ModelRequest]) -> list[ModelResult | Exception]:
-        results: list[ModelResult | Exception] = await call_with_retry(
-            lambda: until_done(self._handle.generate_group.remote(requests))
-        )
-        return results
+    async def _send_group(
+        self, requests: list[ModelRequest]
+    ) -> AsyncIterator[tuple[int, ModelResult | Exception]]:
+        """One call for ``requests``: each result as its row ends. If the replica dies
+        mid-call, the requests it had not answered are sent once more, elsewhere
+        (generation is idempotent)."""
+        unanswered = list(range(len(requests)))
+        for attempt in (1, 2):
+            sent = list(unanswered)
+            stream: Any = self._streaming.generate_group.remote([requests[i] for i in sent])
+            try:
+                async for position, outcome in stream:
+                    unanswered.remove(sent[position])
+                    yield sent[position], outcome
+                return
+            except asyncio.CancelledError:
+                stream.cancel()
+                raise
+            except (ReplicaUnavailableError, RayActorError) as exc:
+                if attempt == 2:
+                    raise as_service_error(exc) from None
+                logger.warning("A model replica died mid-call; sending its open requests again")
+            except Exception as exc:
+                raise as_service_error(exc) from None
 
     async def _follow_model(self) -> None:
-        """Size the calls by the model deployment as it is now: ``calls_per_replica`` calls out
-        per running replica (every replica has a group to work on while partial groups wait
-        here), groups of its live ``max_batch_size``."""
+        """Size the calls by the model deployment as it is now: its running replicas' rows
+        and queues, in groups of its live ``max_batch_size``."""
         app, deployment = self._handle.app_name, self._handle.deployment_name
         while True:
             try:
                 running = await asyncio.to_thread(running_replicas, app, deployment)
-                self._groups.max_in_flight = self._calls_per_replica * max(1, running)
-                await self.describe()
+                info = await self.describe()
+                per_replica = in_flight_per_replica(
+                    info.batching, DEFAULT_MAX_ROWS, self._calls_per_replica
+                )
+                self._groups.max_in_flight = per_replica * max(1, running)
             except Exception:  # the controller or the replicas are briefly unreachable
                 logger.debug("Could not read the model deployment's state", exc_info=True)
             await asyncio.sleep(MODEL_REFRESH_S)
@@ -160,3 +184,12 @@ class ModelClient:
         except BaseException:
             stream.cancel()
             raise
+
+
+def in_flight_per_replica(
+    batching: BatchingConfig, default_rows: int, calls_per_replica: int
+) -> int:
+    """Requests to keep out per model replica: its rows, and ``calls_per_replica`` groups of
+    ``max_batch_size`` waiting for a row."""
+    rows = batching.max_rows or default_rows
+    return rows + calls_per_replica * batching.max_batch_size

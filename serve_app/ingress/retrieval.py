@@ -163,7 +163,7 @@ class RetrievalHandlers:
         info = await self.calls.within_deadline(self._info())
         return RetrievalModelCard(
             **info.model.model_dump(exclude={"image_input", "max_text_tokens"}),
-            **info.batching.model_dump(),
+            **info.batching.model_dump(exclude={"max_rows", "max_prefills_per_step"}),
             id=self._config.name,
             created=self._started,
             max_text_tokens=info.model.max_text_tokens,

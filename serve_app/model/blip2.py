@@ -89,6 +89,31 @@ class Blip2Model:
         return self._config
 
     @property
+    def hf_model(self) -> Any:
+        """The loaded ``Blip2ForConditionalGeneration``."""
+        return self._model
+
+    @property
+    def inputs(self) -> InputBuilder:
+        """Turns requests into the model's inputs."""
+        return self._inputs
+
+    @property
+    def output_text(self) -> OutputText:
+        """Turns generated tokens into a caller's text."""
+        return self._text
+
+    @property
+    def eos_id(self) -> int:
+        """The end-of-sequence token."""
+        return self._eos_id
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The device inputs go to."""
+        return self._device
+
+    @property
     def family(self) -> Family:
         """``"t5"`` for an encoder-decoder language model, ``"opt"`` for a decoder-only one."""
         return self._family
@@ -147,7 +172,7 @@ class Blip2Model:
             try:
                 settings[index] = self._config.effective_params(request.params)
             except Exception as exc:
-                results[index] = _as_client_error(exc)
+                results[index] = as_client_error(exc)
         to_prepare = [
             (index, requests[index], params.max_new_tokens or 0)
             for index, params in settings.items()
@@ -157,7 +182,7 @@ class Blip2Model:
             to_prepare, self._inputs.prepare_all(to_prepare), strict=True
         ):
             if isinstance(prepared, Exception):
-                results[index] = _as_client_error(prepared)
+                results[index] = as_client_error(prepared)
                 continue
             params = settings[index]
             seeded = params.do_sample and params.seed is not None
@@ -283,7 +308,7 @@ class Blip2Model:
         )
 
 
-def _as_client_error(exc: Exception) -> Exception:
+def as_client_error(exc: Exception) -> Exception:
     """Keep our own typed errors; wrap anything else without leaking internals."""
     if isinstance(exc, (InvalidRequestError, InvalidImageError)):
         return exc

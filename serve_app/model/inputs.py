@@ -142,9 +142,13 @@ class InputBuilder:
                 "question" if request.task == "vqa" else "prompt",
             )
 
+    def row_ids(self, item: PreparedRequest) -> list[int]:
+        """The language model's input ids of one request: image tokens, then the prompt."""
+        return self._query_ids + item.text_ids
+
     def batch(self, items: list[PreparedRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask of a batch; OPT rows are padded on the left."""
-        rows = [self._query_ids + item.text_ids for item in items]
+        rows = [self.row_ids(item) for item in items]
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

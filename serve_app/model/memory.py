@@ -10,6 +10,7 @@ holds its sequences' KV cache at the token limits and the largest activations of
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -131,6 +132,11 @@ class MemoryPlan:
     activation_bytes_per_sequence: int
     image_bytes: int
     """Activations of the image encoder and Q-Former for one image."""
+    feature_cache_bytes: int = 0
+    """The generation replica's cache of image features (``model.feature_cache_mib``)."""
+    batch_setting: str = "max_rows"
+    """What sets the batch: the decoding loop's ``max_rows``, or retrieval's
+    ``max_batch_size``."""
 
     def request_bytes(self, num_beams: int | None = None) -> int:
         """Memory one request holds at ``num_beams`` (the workload's if unset) sequences."""
@@ -143,15 +149,17 @@ class MemoryPlan:
         return int(gpu_bytes * (1 - HEADROOM)) - CONTEXT_BYTES
 
     def largest_batch(self, gpu_bytes: int, num_beams: int | None = None) -> int:
-        """The largest ``max_batch_size`` that fits on ``gpu_bytes`` (0: not even the weights)."""
-        free = self.usable_bytes(gpu_bytes) - self.weights_bytes
+        """The largest batch (``batch_setting``) that fits on ``gpu_bytes`` (0: not even the
+        weights)."""
+        free = self.usable_bytes(gpu_bytes) - self.weights_bytes - self.feature_cache_bytes
         if free <= 0:
             return 0
         return min(MAX_PLANNED_BATCH, free // self.request_bytes(num_beams))
 
     def needed_bytes(self, batch: int) -> int:
         """Card memory a batch of ``batch`` worst-case requests needs, headroom included."""
-        used = CONTEXT_BYTES + self.weights_bytes + batch * self.request_bytes()
+        fixed = CONTEXT_BYTES + self.weights_bytes + self.feature_cache_bytes
+        used = fixed + batch * self.request_bytes()
         return math.ceil(used / (1 - HEADROOM))
 
     def report(self, gpus: Mapping[str, int], batch: int | None = None) -> str:
@@ -177,11 +185,15 @@ class MemoryPlan:
             )
         else:
             lines.append(f"  per request  {self.request_bytes() / MIB:.1f} MiB (one image)")
+        if self.feature_cache_bytes:
+            lines.append(
+                f"  image cache  {self.feature_cache_bytes / MIB:.0f} MiB of image features"
+            )
         lines.append(
             f"  fixed        {CONTEXT_BYTES / GIB:.1f} GiB (CUDA context, workspaces), and"
             f" {HEADROOM:.0%} of the card left free"
         )
-        lines.append("  largest max_batch_size that fits:")
+        lines.append(f"  largest {self.batch_setting} that fits:")
         for name, size in gpus.items():
             largest = self.largest_batch(size)
             line = f"    {name:<22} {size / GIB:6.1f} GiB  {largest:>4}"
@@ -191,7 +203,7 @@ class MemoryPlan:
                 line += "  the weights do not fit"
             elif batch is not None:
                 verdict = "fits" if batch <= largest else "does NOT fit"
-                line += f"  max_batch_size {batch} {verdict}"
+                line += f"  {self.batch_setting} {batch} {verdict}"
             lines.append(line)
         return "\n".join(lines)
 
@@ -212,7 +224,8 @@ def plan_for(settings: CheckpointConfig) -> MemoryPlan:
     """The plan of a configured model on a GPU (``dtype`` auto: float16), at its limits.
 
     A generation model is planned at ``PLANNED_PROMPT_TOKENS``, ``max_new_tokens_limit`` and
-    ``max_num_beams``; a retrieval model at one image per request.
+    ``max_num_beams`` per row, with its feature cache; a retrieval model at one image per
+    request.
     """
     from serve_app.model.architectures import architecture_config
 
@@ -222,7 +235,8 @@ def plan_for(settings: CheckpointConfig) -> MemoryPlan:
         workload = Workload(
             PLANNED_PROMPT_TOKENS, settings.max_new_tokens_limit, settings.max_num_beams
         )
-        return plan_memory(settings.model_id, config, dtype, settings.quantization, workload)
+        plan = plan_memory(settings.model_id, config, dtype, settings.quantization, workload)
+        return dataclasses.replace(plan, feature_cache_bytes=int(settings.feature_cache_mib * MIB))
     if not isinstance(settings, RetrievalModelConfig):
         raise TypeError(f"no memory plan for {type(settings).__name__}")
     workload = Workload(settings.max_text_tokens, 0, 1)
@@ -267,6 +281,7 @@ def plan_memory(
         kv_cache_bytes_per_sequence=kv,
         activation_bytes_per_sequence=activations,
         image_bytes=_image_bytes(config, size),
+        batch_setting="max_batch_size" if retrieval else "max_rows",
     )
 
 

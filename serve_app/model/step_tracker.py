@@ -45,7 +45,7 @@ def settled_prefix(text: str, stop: Sequence[str]) -> str:
             if settled.endswith(s[:length]):
                 held = max(held, length)
                 break
-    return settled[: len(settled) - held]
+    return settled[: len(settled) - held].rstrip()
 
 
 class StepTracker(StoppingCriteria):  # type: ignore[misc]

@@ -360,13 +360,16 @@ def test_the_playground_shows_the_apis_error_for_a_bad_file(
 BATCHING_CLIENTS = 16
 
 
-def with_batching(max_batch_size: int, batch_wait_timeout_s: float) -> dict[str, Any]:
+def with_batching(
+    max_batch_size: int, batch_wait_timeout_s: float, max_rows: int | None = None
+) -> dict[str, Any]:
     """The CPU config with another ``user_config``: applied live, the replica is not restarted."""
     config = fit_for_tests(load_config())
     deployment = config["applications"][0]["deployments"][0]
     deployment["user_config"] = {
         "max_batch_size": max_batch_size,
         "batch_wait_timeout_s": batch_wait_timeout_s,
+        **({"max_rows": max_rows} if max_rows else {}),
     }
     return config
 
@@ -410,9 +413,10 @@ def test_user_config_change_retunes_the_running_replica(url: str) -> None:
     history_before = batch_sizes()
     assert model_card(url)["max_batch_size"] == 16
 
-    deploy_config(with_batching(max_batch_size=2, batch_wait_timeout_s=0.5))
+    deploy_config(with_batching(max_batch_size=2, batch_wait_timeout_s=0.5, max_rows=2))
     wait_until(lambda: model_card(url)["max_batch_size"] == 2, 60, "max_batch_size to become 2")
     assert model_card(url)["batch_wait_timeout_s"] == 0.5
+    assert model_card(url)["max_rows"] == 2
 
     history = batch_sizes()
     assert all(history.get(size, 0) >= count for size, count in history_before.items()), (

@@ -78,10 +78,14 @@ def generated_requests() -> int:
     return sum(size * count for size, count in counts.items())
 
 
-def test_batches_run_full_under_sustained_load_even_with_no_batch_wait(serve_url: str) -> None:
-    """Batches that form while the model is busy are merged: with ``batch_wait_timeout_s: 0``
-    ``@serve.batch`` alone would run a train of single requests."""
-    run_app(slow_fake_model, {}, batching={"max_batch_size": 4, "batch_wait_timeout_s": 0})
+def test_rows_run_full_under_sustained_load_even_with_no_batch_wait(serve_url: str) -> None:
+    """The decoding loop admits what waits into every free row at each step: with
+    ``batch_wait_timeout_s: 0`` ``@serve.batch`` alone would run a train of single requests."""
+    run_app(
+        slow_fake_model,
+        {"model": {"max_rows": 4}},
+        batching={"max_batch_size": 4, "batch_wait_timeout_s": 0},
+    )
     server = serve.get_deployment_handle("Blip2Server", APP_NAME)
     before: dict[int, int] = server.batch_size_counts.remote().result()
     with ThreadPoolExecutor(CLIENTS) as pool:
@@ -93,7 +97,8 @@ def test_batches_run_full_under_sustained_load_even_with_no_batch_wait(serve_url
     assert served == len(responses)
     in_full_batches = 4 * new_batches.get(4, 0)
     assert in_full_batches >= 0.75 * served, new_batches
-    # Each response names the size of the batch it ran in: a batch of n gives n answers saying n.
+    # Each response names the rows it ran beside (the fake's rows last one step each): a step
+    # of n rows gives n answers saying n.
     reported = Counter(response.json()["batch_size"] for response in responses)
     assert reported == {size: size * count for size, count in new_batches.items() if count}
 
@@ -101,7 +106,11 @@ def test_batches_run_full_under_sustained_load_even_with_no_batch_wait(serve_url
 def test_concurrent_requests_reach_the_model_in_grouped_calls(serve_url: str) -> None:
     """The ingress sends requests that wait for the model together: far fewer calls than
     requests, every request answered once."""
-    run_app(slow_fake_model, {}, batching={"max_batch_size": 4, "batch_wait_timeout_s": 0})
+    run_app(
+        slow_fake_model,
+        {"model": {"max_rows": 4}},
+        batching={"max_batch_size": 4, "batch_wait_timeout_s": 0},
+    )
     server = serve.get_deployment_handle("Blip2Server", APP_NAME)
     before: dict[int, int] = server.group_size_counts.remote().result()
     with ThreadPoolExecutor(CLIENTS) as pool:
@@ -164,11 +173,11 @@ def test_sustained_load_past_the_wait_budget_is_shed_with_spaced_retry_times(
 ) -> None:
     run_app(
         slow_fake_model,
-        {"limits": {"max_queue_wait_s": 0.5}},
+        {"model": {"max_rows": 4}, "limits": {"max_queue_wait_s": 0.5}},
         batching={"max_batch_size": 4, "batch_wait_timeout_s": 0},
     )
     before = generated_requests()
-    for _ in range(4):  # the ingress measures the model: 4 requests per 0.3 s batch
+    for _ in range(4):  # the ingress measures the model: 4 requests per 0.3 s step
         assert post_vqa(serve_url).status_code == 200
     # 30 clients, two requests each in a row: the first wave is admitted whole (no queue yet)
     # and takes over 2 s to serve, so most second ones find a queue of seconds and are refused.
@@ -206,9 +215,7 @@ def test_requests_past_their_deadline_get_504_and_their_queued_work_is_dropped(
 ) -> None:
     run_app(
         slow_fake_model,
-        {
-            "limits": {"request_timeout_s": 0.5},
-        },
+        {"model": {"max_rows": 1}, "limits": {"request_timeout_s": 0.5}},
         batching={"max_batch_size": 1, "batch_wait_timeout_s": 0},
     )
     before = generated_requests()
@@ -234,7 +241,11 @@ def test_requests_past_their_deadline_get_504_and_their_queued_work_is_dropped(
 
 
 def test_a_client_that_disconnects_cancels_its_queued_work(serve_url: str) -> None:
-    run_app(slow_fake_model, {}, batching={"max_batch_size": 1, "batch_wait_timeout_s": 0})
+    run_app(
+        slow_fake_model,
+        {"model": {"max_rows": 1}},
+        batching={"max_batch_size": 1, "batch_wait_timeout_s": 0},
+    )
     before = generated_requests()
 
     def impatient(_: int) -> None:

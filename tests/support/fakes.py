@@ -7,13 +7,13 @@ import functools
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 from serve_app.config import BatchingConfig, ModelConfig
+from serve_app.engine.types import Admission, EngineStats, RowEvent
 from serve_app.model.types import (
-    GenerationObserver,
     ModelImageInput,
     ModelInfo,
     ModelRequest,
@@ -23,29 +23,41 @@ from serve_app.model.types import (
 
 
 class SlowFakeModel:
-    """A stand-in model whose every batch takes a fixed time: for autoscaling and overload tests.
+    """A stand-in engine whose every step takes a fixed time and answers each request it
+    admitted: for autoscaling and overload tests.
 
     It echoes the request's text so callers can check they got their own answer.
     """
 
-    batch_seconds = 0.3
+    step_seconds = 0.3
 
     def __init__(self, config: ModelConfig) -> None:
         self._config = config
 
-    def generate(
-        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
-    ) -> list[ModelResult | Exception]:
-        time.sleep(self.batch_seconds)
-        return [
-            ModelResult(text=f"fake:{r.text}", prompt_tokens=1, completion_tokens=1)
-            for r in requests
-        ]
+    @property
+    def max_rows(self) -> int:
+        return self._config.max_rows
+
+    def step(self, admitted: Sequence[Admission], cancelled: Collection[int]) -> list[RowEvent]:
+        if admitted:
+            time.sleep(self.step_seconds)
+        return [RowEvent(a.key, outcome=self.answer(a.request, len(admitted))) for a in admitted]
+
+    def answer(self, request: ModelRequest, rows: int) -> ModelResult:
+        return ModelResult(
+            text=f"fake:{request.text}", prompt_tokens=1, completion_tokens=1, batch_size=rows
+        )
+
+    def clear(self) -> None:
+        pass
 
     def info(self) -> ModelInfo:
         return ModelInfo(
             source="slow-fake", family="opt", dtype="float32", device="cpu", num_query_tokens=0
         )
+
+    def stats(self) -> EngineStats:
+        return EngineStats()
 
 
 def slow_fake_model(config: ModelConfig) -> SlowFakeModel:
@@ -54,30 +66,29 @@ def slow_fake_model(config: ModelConfig) -> SlowFakeModel:
 
 
 class FaultyFakeModel(SlowFakeModel):
-    """A fast stand-in model that misbehaves on command, for fault-tolerance tests.
+    """A fast stand-in engine that misbehaves on command, for fault-tolerance tests.
 
     - ``crash-once:<path>``: the first replica to see it creates ``path`` and dies at once
       (the process exits mid-request); later ones answer normally.
     - ``crash-always``: every replica that sees it dies.
-    - ``break-batch``: the whole batch raises, as a broken accelerator would.
+    - ``break-batch``: the whole step raises, as a broken accelerator would.
     """
 
-    batch_seconds = 0.05
+    step_seconds = 0.05
 
-    def generate(
-        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
-    ) -> list[ModelResult | Exception]:
-        for request in requests:
-            if request.text == "crash-always":
+    def step(self, admitted: Sequence[Admission], cancelled: Collection[int]) -> list[RowEvent]:
+        for admission in admitted:
+            text = admission.request.text
+            if text == "crash-always":
                 os._exit(1)
-            if request.text.startswith("crash-once:"):
-                marker = Path(request.text.removeprefix("crash-once:"))
+            if text.startswith("crash-once:"):
+                marker = Path(text.removeprefix("crash-once:"))
                 if not marker.exists():
                     marker.touch()
                     os._exit(1)
-            if request.text == "break-batch":
+            if text == "break-batch":
                 raise RuntimeError("the accelerator fell over at 0xdeadbeef in /opt/secret")
-        return super().generate(requests, observer)
+        return super().step(admitted, cancelled)
 
 
 def faulty_fake_model(config: ModelConfig) -> FaultyFakeModel:
@@ -85,46 +96,47 @@ def faulty_fake_model(config: ModelConfig) -> FaultyFakeModel:
     return FaultyFakeModel(config)
 
 
-class PacedObserver:
-    """Passes streamed text on after a pause: paces generation like a slower accelerator."""
-
-    def __init__(self, inner: GenerationObserver, step_seconds: float) -> None:
-        self._inner = inner
-        self._step_seconds = step_seconds
-
-    def on_text(self, index: int, delta: str) -> None:
-        time.sleep(self._step_seconds)
-        self._inner.on_text(index, delta)
-
-    def is_cancelled(self, index: int) -> bool:
-        return self._inner.is_cancelled(index)
-
-
 class PacedBlip2Model:
-    """The real BLIP-2 wrapper with a fake pace: each streamed step waits ``step_seconds``, so
-    tests can see text arrive over time. Every result is appended to ``record`` as JSON."""
+    """The real BLIP-2 engine with a fake pace: each step waits ``step_seconds`` first, so
+    tests can see text arrive over time. Every request that ends is appended to ``record`` as
+    JSON, with the tokens it got (a cancelled row: the steps it ran)."""
 
     def __init__(self, config: ModelConfig, step_seconds: float, record: Path) -> None:
-        from serve_app.model.blip2 import Blip2Model
+        from serve_app.engine.blip2_engine import Blip2Engine
 
-        self._model = Blip2Model.load(config)
+        self._engine = Blip2Engine.load(config)
         self._step_seconds = step_seconds
         self._record = record
+        self._running: dict[int, tuple[str, int]] = {}  # key: (text, steps run)
 
-    def generate(
-        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
-    ) -> list[ModelResult | Exception]:
-        paced = PacedObserver(observer, self._step_seconds) if observer else None
-        results = self._model.generate(requests, paced)
+    @property
+    def max_rows(self) -> int:
+        return self._engine.max_rows
+
+    def step(self, admitted: Sequence[Admission], cancelled: Collection[int]) -> list[RowEvent]:
+        time.sleep(self._step_seconds)
+        ended = [self._running.pop(key) for key in cancelled if key in self._running]
+        self._running.update((a.key, (a.request.text, 0)) for a in admitted)
+        events = self._engine.step(admitted, cancelled)
+        self._running = {key: (text, steps + 1) for key, (text, steps) in self._running.items()}
+        for event in events:
+            if event.outcome is not None:
+                text, _ = self._running.pop(event.key)
+                done = event.outcome
+                ended.append((text, done.completion_tokens if isinstance(done, ModelResult) else 0))
         with self._record.open("a") as record:
-            for request, result in zip(requests, results, strict=True):
-                if isinstance(result, ModelResult):
-                    line = {"text": request.text, "completion_tokens": result.completion_tokens}
-                    record.write(json.dumps(line) + "\n")
-        return results
+            for text, tokens in ended:
+                record.write(json.dumps({"text": text, "completion_tokens": tokens}) + "\n")
+        return events
+
+    def clear(self) -> None:
+        self._engine.clear()
 
     def info(self) -> ModelInfo:
-        return self._model.info()
+        return self._engine.info()
+
+    def stats(self) -> EngineStats:
+        return self._engine.stats()
 
 
 def paced_blip2(step_seconds: float, record: Path) -> Callable[[ModelConfig], PacedBlip2Model]:
@@ -153,36 +165,46 @@ class FakeModelStream:
 
 
 class BrokenGpuBlip2:
-    """The real BLIP-2 wrapper on a fake accelerator that a request can break for good.
+    """The real BLIP-2 engine on a fake accelerator that a request can break for good.
 
-    After the request ``gpu-fault``, every ``generate`` of this process raises the error a
-    CUDA context poisoned by an illegal memory access raises; the real ``Blip2Model`` turns
+    After the request ``gpu-fault``, every forward pass of this process raises the error a
+    CUDA context poisoned by an illegal memory access raises; the real ``Blip2Engine`` turns
     each into a per-request error, as it would on a GPU. A new replica starts healthy.
     """
 
     def __init__(self, config: ModelConfig) -> None:
-        from serve_app.model.blip2 import Blip2Model
+        from serve_app.engine.blip2_engine import Blip2Engine
 
-        self._model = Blip2Model.load(config)
+        self._engine = Blip2Engine.load(config)
         self._broken = False
-        hf_model = self._model._model
-        generate = hf_model.generate
+        runner = self._engine._runner
+        for name in ("image_features", "prefill", "decode"):
+            setattr(runner, name, self._accelerator(getattr(runner, name)))
 
-        def accelerator(**kwargs: Any) -> Any:
+    def _accelerator(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
             if self._broken:
                 raise RuntimeError("CUDA error: an illegal memory access was encountered")
-            return generate(**kwargs)
+            return forward(*args, **kwargs)
 
-        hf_model.generate = accelerator
+        return run
 
-    def generate(
-        self, requests: Sequence[ModelRequest], observer: GenerationObserver | None = None
-    ) -> list[ModelResult | Exception]:
-        self._broken = self._broken or any(r.text == "gpu-fault" for r in requests)
-        return self._model.generate(requests, observer)
+    @property
+    def max_rows(self) -> int:
+        return self._engine.max_rows
+
+    def step(self, admitted: Sequence[Admission], cancelled: Collection[int]) -> list[RowEvent]:
+        self._broken = self._broken or any(a.request.text == "gpu-fault" for a in admitted)
+        return self._engine.step(admitted, cancelled)
+
+    def clear(self) -> None:
+        self._engine.clear()
 
     def info(self) -> ModelInfo:
-        return self._model.info()
+        return self._engine.info()
+
+    def stats(self) -> EngineStats:
+        return self._engine.stats()
 
 
 def broken_gpu_blip2(config: ModelConfig) -> BrokenGpuBlip2:

@@ -239,3 +239,18 @@ def test_time_spent_fetching_an_image_url_is_not_backlog(monkeypatch: pytest.Mon
         return answers
 
     assert asyncio.run(scenario()) == ["vqa:q"] * 3
+
+
+def test_the_backlog_is_weighed_in_the_models_work_not_in_requests() -> None:
+    """A 128-token request ahead makes a later one wait as 64 two-token ones do."""
+    clock = FakeClock()
+    long_ahead, short_ahead = (Admission(budget_s=1.0, clock=clock) for _ in range(2))
+    for admission in (long_ahead, short_ahead):
+        with admission.admitted(work=2.0):
+            clock.now += 0.01  # 200 tokens a second
+    with long_ahead.admitted(work=128.0), short_ahead.admitted(work=2.0):
+        assert long_ahead.expected_wait_s() == pytest.approx(128 / 200, rel=0.05)
+        assert short_ahead.expected_wait_s() == pytest.approx(2 / 200, rel=0.05)
+        with long_ahead.set_aside():  # a URL fetch takes its whole work out of the backlog
+            assert long_ahead.expected_wait_s() == 0.0
+        assert long_ahead.expected_wait_s() == pytest.approx(128 / 200, rel=0.05)

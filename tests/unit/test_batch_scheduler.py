@@ -168,7 +168,7 @@ def test_a_request_that_finds_the_model_idle_does_not_wait_for_company() -> None
     async def scenario() -> tuple[float, list[list[str]]]:
         model = GatedFakeModel()
         model.gate.set()
-        batcher = RequestBatcher(model, max_ongoing_requests=16)
+        batcher = RequestBatcher(BatchScheduler(model), max_ongoing_requests=16)
         batcher.configure(BatchingConfig(max_batch_size=8, batch_wait_timeout_s=5.0))
         started = time.perf_counter()
         events = [event async for event in batcher.events(queued("alone")[0].request)]
@@ -182,7 +182,7 @@ def test_a_request_that_finds_the_model_idle_does_not_wait_for_company() -> None
 def test_a_group_sent_in_one_call_joins_the_queue_at_once_and_merges() -> None:
     async def scenario() -> tuple[list[Outcome], list[list[str]]]:
         model = GatedFakeModel()
-        batcher = RequestBatcher(model, max_ongoing_requests=16)
+        batcher = RequestBatcher(BatchScheduler(model), max_ongoing_requests=16)
         batcher.configure(BatchingConfig(max_batch_size=8, batch_wait_timeout_s=5.0))
         busy = asyncio.create_task(batcher.outcomes([queued("busy")[0].request]))
         await wait_for(model.started)
@@ -201,7 +201,7 @@ def test_a_group_sent_in_one_call_joins_the_queue_at_once_and_merges() -> None:
 def test_a_group_whose_caller_leaves_is_not_run() -> None:
     async def scenario() -> list[list[str]]:
         model = GatedFakeModel()
-        batcher = RequestBatcher(model, max_ongoing_requests=16)
+        batcher = RequestBatcher(BatchScheduler(model), max_ongoing_requests=16)
         busy = asyncio.create_task(batcher.outcomes([queued("busy")[0].request]))
         await wait_for(model.started)
         leaving = asyncio.create_task(batcher.outcomes([q.request for q in queued("x", "y")]))

@@ -13,6 +13,7 @@ from ray.serve.config import gRPCOptions
 
 from serve_app.app import build_app
 from serve_app.batching.batcher import RequestBatcher
+from serve_app.batching.scheduler import BatchScheduler
 from serve_app.config import AppConfig, BatchingConfig, ModelConfig
 from serve_app.grpc import SERVICER_FUNCTION
 from serve_app.grpc.generated.blip2_pb2_grpc import add_Blip2ServiceServicer_to_server
@@ -121,7 +122,7 @@ def test_import_is_light() -> None:
 
 
 def test_a_batch_size_over_the_replica_room_is_refused_when_applied() -> None:
-    batcher = RequestBatcher(lambda requests, observer: [], max_ongoing_requests=8)
+    batcher = RequestBatcher(BatchScheduler(lambda requests, observer: []), max_ongoing_requests=8)
     with pytest.raises(ValueError, match="max_ongoing_requests 8"):
         batcher.configure(BatchingConfig(max_batch_size=32))
     assert batcher.settings == BatchingConfig()

@@ -24,7 +24,7 @@ def test_random_blip2_generates_exactly_max_new_tokens_at_224px(
     config = ModelConfig(
         device="cpu", dtype="float32", default_max_new_tokens=TOKENS, max_new_tokens_limit=TOKENS
     )
-    model = gpu_model.factory(OPT_2_7B, smoke=True)(config)
+    model = gpu_model.random_model(config, OPT_2_7B, smoke=True)
     info = model.info()
     assert info.num_query_tokens == NUM_QUERY_TOKENS
     assert info.image_input is not None

@@ -93,7 +93,7 @@ def test_the_command_plans_the_production_config(capsys: pytest.CaptureFixture[s
     assert main(["--config", str(REPO_ROOT / "serve_config.yaml"), "--gpu-memory-gib", "24"]) == 0
     out = capsys.readouterr().out
     assert "Salesforce/blip2-flan-t5-xl: float16" in out
-    assert "max_batch_size 32 fits" in out
+    assert "max_rows 32 fits" in out
 
 
 def test_the_command_warns_when_the_batch_does_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,7 +112,7 @@ def test_a_replica_refuses_a_model_that_cannot_fit_before_loading_it() -> None:
 def test_a_replica_refuses_a_batch_that_cannot_fit() -> None:
     check = MemoryCheck(ModelConfig(model_id=OPT_2_7B, gpu_memory_gib=22.5), gpu_share=0.5)
     check.check_batch(32)
-    with pytest.raises(ValueError, match=r"max_batch_size 64 does not fit in 22\.5 GiB"):
+    with pytest.raises(ValueError, match=r"max_rows 64 does not fit in 22\.5 GiB"):
         check.check_batch(64)
 
 

@@ -457,6 +457,8 @@ class ModelCard(_message.Message):
     BATCH_WAIT_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     MERGE_WAITING_BATCHES_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    MAX_ROWS_FIELD_NUMBER: _builtins.int
+    MAX_PREFILLS_PER_STEP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     object: _builtins.str
     created: _builtins.int
@@ -473,6 +475,10 @@ class ModelCard(_message.Message):
     max_batch_size: _builtins.int
     batch_wait_timeout_s: _builtins.float
     merge_waiting_batches: _builtins.bool
+    max_rows: _builtins.int
+    """Requests the replica's decoding loop generates for at once."""
+    max_prefills_per_step: _builtins.int
+    """Requests the decoding loop admits in one step (0: as many as rows are free)."""
     @_builtins.property
     def limits(self) -> Global___ModelLimits: ...
     def __init__(
@@ -492,10 +498,12 @@ class ModelCard(_message.Message):
         batch_wait_timeout_s: _builtins.float = ...,
         merge_waiting_batches: _builtins.bool = ...,
         limits: Global___ModelLimits | None = ...,
+        max_rows: _builtins.int = ...,
+        max_prefills_per_step: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_wait_timeout_s", b"batch_wait_timeout_s", "created", b"created", "device", b"device", "dtype", b"dtype", "family", b"family", "id", b"id", "limits", b"limits", "max_batch_size", b"max_batch_size", "merge_waiting_batches", b"merge_waiting_batches", "num_query_tokens", b"num_query_tokens", "object", b"object", "owned_by", b"owned_by", "source", b"source", "vqa_prompt_template", b"vqa_prompt_template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_wait_timeout_s", b"batch_wait_timeout_s", "created", b"created", "device", b"device", "dtype", b"dtype", "family", b"family", "id", b"id", "limits", b"limits", "max_batch_size", b"max_batch_size", "max_prefills_per_step", b"max_prefills_per_step", "max_rows", b"max_rows", "merge_waiting_batches", b"merge_waiting_batches", "num_query_tokens", b"num_query_tokens", "object", b"object", "owned_by", b"owned_by", "source", b"source", "vqa_prompt_template", b"vqa_prompt_template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
