@@ -130,4 +130,13 @@ def _model_deployment(
         # One access-log line per call costs the replica's thread more than a batch's worth
         # of requests; the replica logs one line per batch, with its requests' ids.
         logging_config={"enable_access_log": False},
+        **_router(name, options),
     )(cls)
+
+
+def _router(name: str, options: ModelDeploymentConfig) -> dict[str, Any]:
+    """The generation deployment's request router: by image, unless turned off."""
+    if name != MODEL_DEPLOYMENT or not options.image_affinity:
+        return {}
+    router = "serve_app.deployments.image_affinity.ImageAffinityRouter"
+    return {"request_router_config": {"request_router_class": router}}

@@ -242,6 +242,11 @@ class ModelDeploymentConfig(StrictModel):
         description="How long a replica being stopped (scale-down, redeploy) may finish the "
         "requests it holds after new ones stop reaching it; at least limits.request_timeout_s.",
     )
+    image_affinity: bool = Field(
+        True,
+        description="Generation only: send requests about the same image to the same replica "
+        "(its image feature cache), unless that replica is full.",
+    )
 
     _check_autoscaling = field_validator("autoscaling_config")(_validate_autoscaling)
 

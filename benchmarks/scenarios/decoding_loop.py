@@ -68,11 +68,11 @@ def run_side_by_side(
     return results
 
 
-def first_token_s(client: httpx.Client, index: int) -> float:
-    """Seconds from sending a streamed chat request to its first text."""
+def first_token_s(client: httpx.Client, model: str, index: int) -> float:
+    """Seconds from sending a streamed chat request to ``model`` to its first text."""
     data = base64.b64encode(image_bytes(index, "small")).decode()
     body = {
-        "model": "any",
+        "model": model,
         "stream": True,
         "max_tokens": 16,
         "messages": [
@@ -105,10 +105,11 @@ def model_handle() -> Any:
     return serve.get_deployment_handle(MODEL_DEPLOYMENT, APP_NAME)
 
 
-def first_tokens(url: str, samples: int) -> list[float]:
+def first_tokens(url: str, model: str, samples: int) -> list[float]:
+    """Times to first text of ``samples`` streamed chats, one after another."""
     with httpx.Client(base_url=url, timeout=120) as client:
-        first_token_s(client, 0)  # warm
-        return [first_token_s(client, i) for i in range(samples)]
+        first_token_s(client, model, 0)  # warm
+        return [first_token_s(client, model, i) for i in range(samples)]
 
 
 def tiny_model_cases(url: str, settings: Settings) -> dict[str, Any]:
@@ -146,14 +147,14 @@ def tiny_model_cases(url: str, settings: Settings) -> dict[str, Any]:
         "throughput_ratio": round(many.throughput / one.throughput, 2),
     }
     samples = 4 if settings.quick else FIRST_TOKEN_SAMPLES
-    ttft_alone = first_tokens(url, samples)
+    ttft_alone = first_tokens(url, settings.model_id, samples)
     busy: dict[str, LoadResult] = {}
     background = threading.Thread(
         target=lambda: busy.update(run_side_by_side(url, [("15 long", long, 15)], settings))
     )
     background.start()
     time.sleep(3)
-    ttft_busy = first_tokens(url, samples)
+    ttft_busy = first_tokens(url, settings.model_id, samples)
     step_s = model_handle().median_step_seconds.remote().result() or 0.0
     background.join()
     figures["first_token"] = {
@@ -168,12 +169,13 @@ def tiny_model_cases(url: str, settings: Settings) -> dict[str, Any]:
         "background": busy["15 long"].summary(),
     }
     figures["same_image"] = same_image(url)
+    figures["two_replicas"] = image_affinity(url, settings)
     return figures
 
 
 def same_image(url: str) -> dict[str, Any]:
     """Five questions about one image, one after another: encoder runs and latencies."""
-    before = model_handle().engine_stats.remote().result()
+    _, before = model_handle().engine_stats.remote().result()
     data = base64.b64encode(image_bytes(99, "small")).decode()
     latencies = []
     with httpx.Client(base_url=url, timeout=120) as client:
@@ -182,13 +184,75 @@ def same_image(url: str) -> dict[str, Any]:
             started = time.perf_counter()
             client.post("/v1/vqa", json=body).raise_for_status()
             latencies.append(time.perf_counter() - started)
-    after = model_handle().engine_stats.remote().result()
+    _, after = model_handle().engine_stats.remote().result()
     return {
         "images_encoded": after.images_encoded - before.images_encoded,
         "feature_cache_hits": after.feature_cache_hits - before.feature_cache_hits,
         "latencies_ms": [round(s * 1000, 1) for s in latencies],
         "later_vs_first": round(statistics.median(latencies[1:]) / latencies[0], 2),
     }
+
+
+def replicas_stats(replicas: int) -> dict[str, Any]:
+    """Each model replica's engine counters, by replica id (asked until all have answered)."""
+    found: dict[str, Any] = {}
+    for _ in range(200):
+        replica, stats = model_handle().engine_stats.remote().result()
+        found[replica] = stats
+        if len(found) == replicas:
+            return found
+    raise RuntimeError(f"heard from {len(found)} of {replicas} model replicas")
+
+
+def ask_about_images(url: str, first_image: int, images: int) -> None:
+    """Five questions about each of ``images`` images, one after another."""
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for index in range(first_image, first_image + images):
+            data = base64.b64encode(image_bytes(index, "small")).decode()
+            for question in ("What?", "Where?", "How many?", "Which colour?", "Why?"):
+                body = {
+                    "image": {"data": data},
+                    "question": question,
+                    "params": {"max_new_tokens": 8},
+                }
+                client.post("/v1/vqa", json=body).raise_for_status()
+
+
+def image_affinity(url: str, settings: Settings) -> dict[str, Any]:
+    """Two model replicas, 8 clients each asking 5 questions about an image of its own, then
+    another: the share of questions whose image features were at hand, with requests routed
+    by image and without."""
+    from benchmarks import forced_length
+    from serve_app.config import BatchingConfig
+
+    figures = {}
+    rounds = 2 if settings.quick else 6
+    for routed in (True, False):
+        args = app_args(settings.model_id, max_batch_size=16, replicas=2)
+        args["model_deployment"]["image_affinity"] = routed
+        deploy(args, BatchingConfig(max_batch_size=16), forced_length.ForcedLengthEngine.load)
+        before = replicas_stats(2)
+
+        first = 1000 * routed
+        threads = [
+            threading.Thread(target=ask_about_images, args=(url, first + 100 * i, rounds))
+            for i in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        after = replicas_stats(2)
+        encoded = sum(after[r].images_encoded - before[r].images_encoded for r in after)
+        hits = sum(after[r].feature_cache_hits - before[r].feature_cache_hits for r in after)
+        figures["routed_by_image" if routed else "power_of_two"] = {
+            "questions": hits + encoded,
+            "images": 8 * rounds,
+            "images_encoded": encoded,
+            "hit_ratio": round(hits / (hits + encoded), 3),
+            "best_hit_ratio": 0.8,
+        }
+    return figures
 
 
 def demo_vqa(url: str, settings: Settings) -> dict[str, Any]:
@@ -230,6 +294,12 @@ def run(settings: Settings) -> dict[str, Any]:
             "extra_in_steps"
         ],
         "vision encoder runs for 5 questions on 1 image": figures["same_image"]["images_encoded"],
+        "feature cache hit ratio, 2 replicas, routed by image (best 0.8)": figures["two_replicas"][
+            "routed_by_image"
+        ]["hit_ratio"],
+        "feature cache hit ratio, 2 replicas, power of two": figures["two_replicas"][
+            "power_of_two"
+        ]["hit_ratio"],
         **({"demo vs before": figures["demo_vs_before"]} if "demo_vs_before" in figures else {}),
     }
     result = {

@@ -135,7 +135,10 @@ class Usage(StrictModel):
     total_tokens: int
 
 
-BATCH_SIZE = "How many requests the model ran together in this one's batch, this one included."
+BATCH_SIZE = (
+    "The most requests the model's decoding loop ran together in one step of this one, this one "
+    "included."
+)
 
 
 class VQAResponse(StrictModel):

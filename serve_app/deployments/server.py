@@ -118,9 +118,12 @@ class Blip2Server:
         diagnostics)."""
         return dict(self._group_sizes)
 
-    def engine_stats(self) -> EngineStats:
-        """Images encoded and the feature cache's counters (for tests and diagnostics)."""
-        return self._engine.stats()
+    def engine_stats(self) -> tuple[str, EngineStats]:
+        """This replica's id, its images encoded and feature cache counters (for tests,
+        benchmarks and diagnostics)."""
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id, self._engine.stats()
 
     def median_step_seconds(self) -> float | None:
         """The median wall time of the last decoding steps (None before any; for benchmarks

@@ -48,7 +48,9 @@ class ModelResult(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     finish_reason: Literal["stop", "length"] = "stop"
-    batch_size: int = Field(1, ge=1, description="How many requests ran in this one's batch.")
+    batch_size: int = Field(
+        1, ge=1, description="The most rows a decoding step of this request held."
+    )
 
     def usage(self) -> Usage:
         """Token counts in the response shape."""

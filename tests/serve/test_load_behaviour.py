@@ -13,12 +13,13 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import requests
 from ray import serve
 
-from tests.support.fakes import slow_fake_model
+from tests.support.fakes import recording_fake_model, slow_fake_model
 from tests.support.grpc_calls import call_vqa, vqa_request
 from tests.support.images import image_bytes
 from tests.support.serving import (
@@ -65,6 +66,28 @@ def test_model_replicas_scale_up_under_load_and_back_down(serve_url: str) -> Non
     assert statuses and set(statuses) == {200}
 
     wait_until(lambda: running_replicas("Blip2Server") == 1, 90, "scale down to one replica")
+
+
+def test_requests_about_one_image_reach_one_replica(serve_url: str, tmp_path: Path) -> None:
+    """Two model replicas: every question about an image goes to the replica that has its
+    features, and the images spread over both."""
+    fixed = {"min_replicas": 2, "max_replicas": 2}
+    run_app(recording_fake_model(tmp_path), {"model_deployment": {"autoscaling_config": fixed}})
+    wait_until(lambda: running_replicas("Blip2Server") == 2, 60, "two model replicas")
+    bodies = [
+        {"image": {"data": base64.b64encode(image_bytes(i)).decode()}, "question": "q"}
+        for i in range(16)
+    ]
+    for _ in range(3):
+        for body in bodies:
+            assert requests.post(f"{serve_url}/v1/vqa", json=body, timeout=60).status_code == 200
+    replicas_by_image: dict[str, set[str]] = {}
+    for record in tmp_path.glob("*.txt"):
+        for key in record.read_text().split():
+            replicas_by_image.setdefault(key, set()).add(record.stem)
+    assert len(replicas_by_image) == 16
+    assert all(len(replicas) == 1 for replicas in replicas_by_image.values()), replicas_by_image
+    assert len(set().union(*replicas_by_image.values())) == 2
 
 
 def post_vqa(serve_url: str) -> requests.Response:

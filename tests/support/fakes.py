@@ -65,6 +65,29 @@ def slow_fake_model(config: ModelConfig) -> SlowFakeModel:
     return SlowFakeModel(config)
 
 
+class RecordingFakeModel(SlowFakeModel):
+    """A fast stand-in engine that appends the routing key of every image it is asked about to
+    ``<record_dir>/<pid>.txt``: which replica saw which image (the model is not under test)."""
+
+    step_seconds = 0.01
+
+    def __init__(self, config: ModelConfig, record_dir: Path) -> None:
+        super().__init__(config)
+        self._record = record_dir / f"{os.getpid()}.txt"
+
+    def step(self, admitted: Sequence[Admission], cancelled: Collection[int]) -> list[RowEvent]:
+        from serve_app.deployments.image_affinity import image_key
+
+        with self._record.open("a") as record:
+            record.writelines(image_key(a.request.image).hex() + "\n" for a in admitted)
+        return super().step(admitted, cancelled)
+
+
+def recording_fake_model(record_dir: Path) -> Callable[[ModelConfig], RecordingFakeModel]:
+    """Model factory for ``build_application``."""
+    return functools.partial(RecordingFakeModel, record_dir=record_dir)
+
+
 class FaultyFakeModel(SlowFakeModel):
     """A fast stand-in engine that misbehaves on command, for fault-tolerance tests.
 

@@ -70,9 +70,8 @@ def test_a_short_request_ends_at_once_beside_a_long_one(model: Blip2Model) -> No
 def test_rows_are_bounded_and_a_freed_row_is_reused(model: Blip2Model) -> None:
     engine = engine_of(model, max_rows=2)
     with pytest.raises(ValueError, match="at most 2 rows"):
-        engine.step([], [])  # fine: nothing running
         run_engine(engine, {0: MIXED[:3]})
-    engine.clear()
+    assert engine.running == 0
     run = run_engine(engine, {0: MIXED[:2], 7: MIXED[2:3]})  # both ended by step 6
     assert [without_batch_size(run.outcomes[k]) for k in range(3)] == reference(model, MIXED[:3])
 

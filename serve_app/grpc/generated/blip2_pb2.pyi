@@ -255,7 +255,9 @@ class VqaResponse(_message.Message):
     answer: _builtins.str
     model: _builtins.str
     batch_size: _builtins.int
-    """How many requests the model ran together in this one's batch, this one included."""
+    """The most requests the model's decoding loop ran together in one step of this one, this
+    one included.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -286,7 +288,9 @@ class CaptionResponse(_message.Message):
     """The caption, including the caller's prefix if one was given."""
     model: _builtins.str
     batch_size: _builtins.int
-    """How many requests the model ran together in this one's batch, this one included."""
+    """The most requests the model's decoding loop ran together in one step of this one, this
+    one included.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -316,7 +320,9 @@ class GenerateResponse(_message.Message):
     text: _builtins.str
     model: _builtins.str
     batch_size: _builtins.int
-    """How many requests the model ran together in this one's batch, this one included."""
+    """The most requests the model's decoding loop ran together in one step of this one, this
+    one included.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -379,7 +385,9 @@ class StreamEnd(_message.Message):
     """
     model: _builtins.str
     batch_size: _builtins.int
-    """How many requests the model ran together in this one's batch, this one included."""
+    """The most requests the model's decoding loop ran together in one step of this one, this
+    one included.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
