@@ -16,6 +16,7 @@ from typing import Any, Generic, cast
 
 from ray import serve
 
+from serve_app.batching.groups import GroupAdmitted
 from serve_app.batching.scheduler import QueuedRequest, RequestQueue, RequestT, ResultT
 from serve_app.batching.streams import RequestStream
 from serve_app.config import BatchingConfig
@@ -98,9 +99,10 @@ class RequestBatcher(Generic[RequestT, ResultT]):
 
     async def outcomes_as_done(
         self, requests: Sequence[RequestT]
-    ) -> AsyncIterator[tuple[int, ResultT | Exception]]:
-        """``(index, outcome)`` of a group's requests, each as soon as it is done (the group
-        is queued at once, with no batch wait).
+    ) -> AsyncIterator[tuple[int, ResultT | Exception] | GroupAdmitted]:
+        """``GroupAdmitted`` once every request of the group got a row (or is done), and
+        ``(index, outcome)`` of each request as soon as it is done (the group is queued at
+        once, with no batch wait).
 
         A caller who goes away cancels what is not done.
         """
@@ -109,12 +111,29 @@ class RequestBatcher(Generic[RequestT, ResultT]):
         async def outcome(index: int) -> tuple[int, ResultT | Exception]:
             return index, await group[index].stream.outcome()
 
-        pending = [asyncio.ensure_future(outcome(index)) for index in range(len(group))]
+        async def admitted() -> GroupAdmitted:
+            for queued in group:
+                await queued.stream.admitted.wait()
+            return GroupAdmitted()
+
+        outcomes = [asyncio.ensure_future(outcome(index)) for index in range(len(group))]
+        admission = asyncio.ensure_future(admitted())
+        waiting: set[asyncio.Future[Any]] = {admission, *outcomes}
+        told = False  # GroupAdmitted yielded: once, and before any outcome
         try:
-            for done in asyncio.as_completed(pending):
-                yield await done
+            while waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if not told:
+                    told = True
+                    admission.cancel()
+                    waiting.discard(admission)
+                    yield GroupAdmitted()
+                for task in done:
+                    if task is not admission:
+                        yield task.result()
         finally:
-            for queued, task in zip(group, pending, strict=True):
+            admission.cancel()
+            for queued, task in zip(group, outcomes, strict=True):
                 if not task.done():
                     queued.stream.cancel()
                     task.cancel()

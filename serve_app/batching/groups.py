@@ -1,13 +1,15 @@
 """``CallGroups``: concurrent requests share one call to the model deployment (no Ray).
 
-Every call across Ray costs both ends the same fixed CPU, whatever it carries, so under load
-the ingress sends the requests that are waiting together, one call per group, and each
-result comes back on the call's stream the moment it is ready. The ingress keeps at most
-``max_in_flight`` requests out (the model replicas' rows and a little queue): a request that
-finds room goes at once (with whatever arrived in the same turn of the event loop), so an idle
-service adds no wait; otherwise it waits until results have come back and there is room for
-all that wait, so a saturated service is sent groups, not one call per freed row. A full group
-of ``max_group_size`` never waits: a backlog reaches the model replicas (their queues and their
+Every call across Ray costs both ends the same fixed CPU, whatever it carries, so the ingress
+sends the requests that are waiting together, one call per group, and each result comes back
+on the call's stream the moment it is ready. A request goes at once (with whatever arrived in
+the same turn of the event loop) unless ``max_pending`` calls are still waiting for the model
+to give their requests rows (a call's stream says ``GroupAdmitted`` when it has), or the
+requests out would pass ``max_in_flight`` (the model replicas' rows and a little queue). Then
+it waits, and goes with every request that waited as soon as a call is admitted or results
+come back: an idle model, or one with free rows that admits what it gets at its next step,
+adds no wait, and a busy one is sent groups, not one call per request. A full group of
+``max_group_size`` never waits: a backlog reaches the model replicas (their queues and their
 autoscaling) as full groups.
 """
 
@@ -22,9 +24,17 @@ from typing import Generic, TypeVar
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
-SendGroup = Callable[[list[ItemT]], AsyncIterator[tuple[int, ResultT | Exception]]]
-"""Sends a group in one call; yields ``(index, result or exception)`` of each item as it is
-ready, each index once."""
+
+@dataclass(frozen=True)
+class GroupAdmitted:
+    """On a group's stream: the model has given every request of the group a row."""
+
+
+SendGroup = Callable[
+    [list[ItemT]], AsyncIterator["tuple[int, ResultT | Exception] | GroupAdmitted"]
+]
+"""Sends a group in one call; yields ``GroupAdmitted`` once, and ``(index, result or
+exception)`` of each item as it is ready, each index once."""
 
 
 @dataclass(eq=False)
@@ -38,6 +48,7 @@ class _Member(Generic[ItemT, ResultT]):
 class _Group(Generic[ItemT, ResultT]):
     members: list[_Member[ItemT, ResultT]]
     task: asyncio.Task[None] | None = field(default=None)
+    admitted: bool = False
 
 
 class CallGroups(Generic[ItemT, ResultT]):
@@ -48,13 +59,19 @@ class CallGroups(Generic[ItemT, ResultT]):
     """
 
     def __init__(
-        self, send: SendGroup[ItemT, ResultT], max_group_size: int, max_in_flight: int
+        self,
+        send: SendGroup[ItemT, ResultT],
+        max_group_size: int,
+        max_in_flight: int,
+        max_pending: int,
     ) -> None:
         self.max_group_size = max_group_size
         self.max_in_flight = max_in_flight
+        self.max_pending = max_pending
         self._send = send
         self._waiting: deque[_Member[ItemT, ResultT]] = deque()
         self._in_flight = 0
+        self._pending = 0
         self._calls: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
 
@@ -62,6 +79,11 @@ class CallGroups(Generic[ItemT, ResultT]):
     def in_flight(self) -> int:
         """Items sent and not yet answered."""
         return self._in_flight
+
+    @property
+    def pending(self) -> int:
+        """Calls sent whose requests the model has not all given rows yet."""
+        return self._pending
 
     @property
     def calls_in_flight(self) -> int:
@@ -92,14 +114,16 @@ class CallGroups(Generic[ItemT, ResultT]):
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Send full groups at once, and a partial one when there is room for all it holds."""
+        """Send full groups at once, and a partial one when no more calls wait to be admitted
+        than allowed and the requests out leave room for all it holds."""
         self._flush_scheduled = False
         while self._waiting:
             if len(self._waiting) >= self.max_group_size:
                 size = self.max_group_size
             else:
                 size = min(self.max_group_size, self.max_in_flight - self._in_flight)
-                if size < min(self.max_in_flight, len(self._waiting)):
+                needed = min(self.max_in_flight, len(self._waiting))
+                if size < needed or self._pending >= self.max_pending:
                     return
             members = self._take_group(size)
             if members:
@@ -117,10 +141,18 @@ class CallGroups(Generic[ItemT, ResultT]):
         for member in group.members:
             member.group = group
         self._in_flight += len(group.members)
+        self._pending += 1
         task = asyncio.get_running_loop().create_task(self._run(group))
         group.task = task
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
+
+    def _admitted(self, group: _Group[ItemT, ResultT]) -> None:
+        if not group.admitted:
+            group.admitted = True
+            self._pending -= 1
+            if self._waiting:
+                self._schedule_flush()
 
     def _answered(self, count: int) -> None:
         self._in_flight -= count
@@ -131,7 +163,12 @@ class CallGroups(Generic[ItemT, ResultT]):
         members = group.members
         open_members = set(range(len(members)))
         try:
-            async for index, result in self._send([member.item for member in members]):
+            async for event in self._send([member.item for member in members]):
+                if isinstance(event, GroupAdmitted):
+                    self._admitted(group)
+                    continue
+                self._admitted(group)  # a result means rows, whether or not it was said
+                index, result = event
                 if index not in open_members:
                     raise RuntimeError(f"result {index} of a group of {len(members)} is unknown")
                 open_members.discard(index)
@@ -147,6 +184,7 @@ class CallGroups(Generic[ItemT, ResultT]):
             for index in open_members:
                 _settle(members[index].future, exc)
         finally:
+            self._admitted(group)
             self._answered(len(open_members))
 
 

@@ -30,6 +30,8 @@ class RequestStream(Generic[ResultT]):
     def __init__(self) -> None:
         self._events: asyncio.Queue[str | ResultT | Exception] = asyncio.Queue()
         self.cancelled = False
+        self.admitted = asyncio.Event()
+        """Set when the request got a row of the decoding loop (generation only)."""
 
     def put_text(self, delta: str) -> None:
         """Queue newly generated text."""
@@ -38,6 +40,10 @@ class RequestStream(Generic[ResultT]):
     def finish(self, outcome: ResultT | Exception) -> None:
         """Queue the request's outcome; nothing follows it."""
         self._events.put_nowait(outcome)
+
+    def admit(self) -> None:
+        """The request got a row: it is being generated."""
+        self.admitted.set()
 
     def cancel(self) -> None:
         """The caller went away: the request is not run, or its row stops early."""

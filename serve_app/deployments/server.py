@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from serve_app.batching.batcher import RequestBatcher
+from serve_app.batching.groups import GroupAdmitted
 from serve_app.batching.loop_queue import LoopQueue
 from serve_app.batching.streams import Outcome
 from serve_app.config import BatchingConfig, ModelConfig
@@ -84,15 +85,20 @@ class Blip2Server:
 
     async def generate_group(
         self, requests: list[ModelRequest]
-    ) -> AsyncIterator[tuple[int, ModelResult | Exception]]:
-        """Generate for a group of requests sent in one call: ``(index, outcome)`` of each,
-        the moment its row ends (a short answer never waits for a long one).
+    ) -> AsyncIterator[tuple[int, ModelResult | Exception] | GroupAdmitted]:
+        """Generate for a group of requests sent in one call: ``GroupAdmitted`` once they all
+        have rows, and ``(index, outcome)`` of each the moment its row ends (a short answer
+        never waits for a long one).
 
         The group joins the loop's queue at once (it waits for no more company); a request's
         failure is its own outcome, not the group's.
         """
         self._group_sizes[len(requests)] += 1
-        async for index, outcome in self._batcher.outcomes_as_done(requests):
+        async for event in self._batcher.outcomes_as_done(requests):
+            if isinstance(event, GroupAdmitted):
+                yield event
+                continue
+            index, outcome = event
             yield index, outcome if isinstance(outcome, ModelResult) else _public(outcome)
 
     async def generate_stream(self, request: ModelRequest) -> AsyncIterator[str | ModelResult]:

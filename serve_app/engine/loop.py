@@ -4,12 +4,13 @@ Requests wait in one queue, oldest first. At every step the loop admits waiting 
 free rows (at most ``max_prefills_per_step`` of them, so that prefills do not stall the
 running rows for long), tells the engine which rows' callers went away, and runs one step:
 every running row gets a token and rows that end leave at once, freeing their row for the
-next request. What the step produced reaches each caller's sink through ``post``, in one call
-per step (the Serve replica posts onto its event loop).
+next request. That a request got its row, and what the step produced, reach each caller's sink
+through ``post``, in a call or two per step (the Serve replica posts onto its event loop).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -32,6 +33,9 @@ class RowSink(Protocol):
     @property
     def cancelled(self) -> bool:
         """Whether the caller went away (read from the loop's thread)."""
+
+    def admit(self) -> None:
+        """The request got a row (called before its first step runs)."""
 
     def put_text(self, delta: str) -> None: ...
 
@@ -138,29 +142,39 @@ class DecodingLoop:
 
     def _run(self) -> None:
         while True:
-            admitted, cancelled = self._next_step()
-            if self._observer is not None:
-                self._observer.step_started()
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            rows = len(self._running) - len(cancelled)
             try:
-                events = self._engine.step(
-                    [Admission(key, entry.request) for key, entry in admitted], cancelled
+                self._step()
+            except Exception:  # the loop must outlive any one step
+                logger.exception("A step failed outside the model; failing the rows it held")
+                self._deliver(self._fail_all(), [])
+
+    def _step(self) -> None:
+        """Admit, run one engine step, deliver what it produced, report it."""
+        admitted, cancelled = self._next_step()
+        if admitted:
+            self._post(functools.partial(_admit, [entry.sink for _, entry in admitted]))
+        if self._observer is not None:
+            self._observer.step_started()
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        rows = len(self._running) - len(cancelled)
+        try:
+            events = self._engine.step(
+                [Admission(key, entry.request) for key, entry in admitted], cancelled
+            )
+        except Exception:
+            logger.exception("A step of %d rows failed as a whole", rows)
+            events = self._fail_all()
+        self._deliver(events, cancelled)
+        if self._observer is not None:
+            self._observer.step_finished(
+                StepReport(
+                    rows,
+                    [started - entry.arrived for _, entry in admitted],
+                    [event.outcome for event in events if event.outcome is not None],
+                    time.perf_counter() - started,
+                    time.thread_time() - cpu_started,
                 )
-            except Exception:
-                logger.exception("A step of %d rows failed as a whole", rows)
-                events = self._fail_all()
-            self._deliver(events, cancelled)
-            if self._observer is not None:
-                self._observer.step_finished(
-                    StepReport(
-                        rows,
-                        [started - entry.arrived for _, entry in admitted],
-                        [event.outcome for event in events if event.outcome is not None],
-                        time.perf_counter() - started,
-                        time.thread_time() - cpu_started,
-                    )
-                )
+            )
 
     def _next_step(self) -> tuple[list[tuple[int, _Entry]], list[int]]:
         """Wait for work; take the requests to admit and the running rows' cancellations."""
@@ -199,7 +213,12 @@ class DecodingLoop:
                     del self._running[event.key]
                 deliveries.append((entry.sink, event))
         if deliveries:
-            self._post(lambda: _dispatch(deliveries))
+            self._post(functools.partial(_dispatch, deliveries))
+
+
+def _admit(sinks: list[RowSink]) -> None:
+    for sink in sinks:
+        sink.admit()
 
 
 def _dispatch(deliveries: list[tuple[RowSink, RowEvent]]) -> None:

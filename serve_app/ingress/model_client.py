@@ -17,7 +17,7 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.batching.groups import CallGroups
+from serve_app.batching.groups import CallGroups, GroupAdmitted
 from serve_app.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_ROWS, BatchingConfig
 from serve_app.contract.errors import (
     GenerationFailedError,
@@ -101,9 +101,10 @@ class ModelClient:
     """The model deployment as the ingress calls it: typed calls, typed errors, one retry.
 
     Concurrent requests share calls (``CallGroups``): one call per group of up to the model's
-    ``max_batch_size``, each result streamed back as its row ends. The ingress keeps as many
-    requests out as the running model replicas have rows, plus ``calls_per_replica`` groups
-    queued at each, so a row that frees finds its next request already there.
+    ``max_batch_size``, each result streamed back as its row ends. A request goes at once
+    unless ``calls_per_replica`` calls per running model replica still wait for rows (then it
+    goes with the next group as soon as one is admitted), and the ingress keeps at most as
+    many requests out as the replicas have rows, plus ``calls_per_replica`` groups each.
     """
 
     def __init__(self, handle: DeploymentHandle[Any], calls_per_replica: int) -> None:
@@ -114,6 +115,7 @@ class ModelClient:
             self._send_group,
             DEFAULT_MAX_BATCH_SIZE,
             in_flight_per_replica(BatchingConfig(), DEFAULT_MAX_ROWS, calls_per_replica),
+            calls_per_replica,
         )
         self._follower: asyncio.Task[None] | None = None
 
@@ -138,16 +140,20 @@ class ModelClient:
 
     async def _send_group(
         self, requests: list[ModelRequest]
-    ) -> AsyncIterator[tuple[int, ModelResult | Exception]]:
-        """One call for ``requests``: each result as its row ends. If the replica dies
-        mid-call, the requests it had not answered are sent once more, elsewhere
-        (generation is idempotent)."""
+    ) -> AsyncIterator[tuple[int, ModelResult | Exception] | GroupAdmitted]:
+        """One call for ``requests``: ``GroupAdmitted`` once they have rows, then each result
+        as its row ends. If the replica dies mid-call, the requests it had not answered are
+        sent once more, elsewhere (generation is idempotent)."""
         unanswered = list(range(len(requests)))
         for attempt in (1, 2):
             sent = list(unanswered)
             stream: Any = self._streaming.generate_group.remote([requests[i] for i in sent])
             try:
-                async for position, outcome in stream:
+                async for event in stream:
+                    if isinstance(event, GroupAdmitted):
+                        yield event
+                        continue
+                    position, outcome = event
                     unanswered.remove(sent[position])
                     yield sent[position], outcome
                 return
@@ -173,6 +179,7 @@ class ModelClient:
                     info.batching, DEFAULT_MAX_ROWS, self._calls_per_replica
                 )
                 self._groups.max_in_flight = per_replica * max(1, running)
+                self._groups.max_pending = self._calls_per_replica * max(1, running)
             except Exception:  # the controller or the replicas are briefly unreachable
                 logger.debug("Could not read the model deployment's state", exc_info=True)
             await asyncio.sleep(MODEL_REFRESH_S)

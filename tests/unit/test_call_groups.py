@@ -8,36 +8,55 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from serve_app.batching.groups import CallGroups
+from serve_app.batching.groups import CallGroups, GroupAdmitted
+
+MANY = 100
+"""Calls waiting for rows: more than any test here sends, so only the room limits them."""
 
 
 class GatedFakeBackend:
-    """A fake model deployment: records each call's group and answers each item when the test
-    says, on the call's stream."""
+    """A fake model deployment: records each call's group, says it is admitted and answers
+    each item when the test says, on the call's stream."""
 
     def __init__(self) -> None:
         self.groups: list[list[str]] = []
         self.cancelled: list[list[str]] = []
-        self._answers: dict[str, asyncio.Queue[int]] = {}
+        self._events: dict[str, asyncio.Queue[int | GroupAdmitted]] = {}
 
-    async def send(self, items: list[str]) -> AsyncIterator[tuple[int, str | Exception]]:
+    async def send(
+        self, items: list[str]
+    ) -> AsyncIterator[tuple[int, str | Exception] | GroupAdmitted]:
         self.groups.append(items)
-        answers: asyncio.Queue[int] = asyncio.Queue()
+        events: asyncio.Queue[int | GroupAdmitted] = asyncio.Queue()
         for item in items:
-            self._answers[item] = answers
+            self._events[item] = events
+        answered = 0
         try:
-            for _ in items:
-                index = await answers.get()
-                item = items[index]
-                yield index, ValueError(item) if item.startswith("bad") else item.upper()
+            while answered < len(items):
+                event = await events.get()
+                if isinstance(event, GroupAdmitted):
+                    yield event
+                    continue
+                answered += 1
+                item = items[event]
+                yield event, ValueError(item) if item.startswith("bad") else item.upper()
         except asyncio.CancelledError:
             self.cancelled.append(items)
             raise
 
+    def admit(self, item: str) -> None:
+        """The call that holds ``item`` says its group got rows."""
+        self._events[item].put_nowait(GroupAdmitted())
+
     def answer(self, *items: str) -> None:
         for item in items:
             group = next(g for g in reversed(self.groups) if item in g)
-            self._answers[item].put_nowait(group.index(item))
+            self._events[item].put_nowait(group.index(item))
+
+
+def grouped(backend: GatedFakeBackend, size: int, room: int) -> CallGroups[str, str]:
+    """Groups of ``size`` with ``room`` requests out, paced by room alone."""
+    return CallGroups(backend.send, max_group_size=size, max_in_flight=room, max_pending=MANY)
 
 
 async def settle() -> None:
@@ -49,7 +68,7 @@ async def settle() -> None:
 def test_a_request_that_finds_room_goes_at_once_alone() -> None:
     async def scenario() -> None:
         backend = GatedFakeBackend()
-        groups = CallGroups(backend.send, max_group_size=8, max_in_flight=4)
+        groups = CallGroups(backend.send, max_group_size=8, max_in_flight=4, max_pending=MANY)
         call = asyncio.create_task(groups.call("a"))
         await settle()
         assert backend.groups == [["a"]]
@@ -63,7 +82,7 @@ def test_a_request_that_finds_room_goes_at_once_alone() -> None:
 def test_each_result_returns_when_ready_not_when_its_group_ends() -> None:
     async def scenario() -> None:
         backend = GatedFakeBackend()
-        groups = CallGroups(backend.send, max_group_size=8, max_in_flight=8)
+        groups = CallGroups(backend.send, max_group_size=8, max_in_flight=8, max_pending=MANY)
         short, long = (asyncio.create_task(groups.call(item)) for item in ("short", "long"))
         await settle()
         assert backend.groups == [["short", "long"]]
@@ -80,7 +99,7 @@ def test_each_result_returns_when_ready_not_when_its_group_ends() -> None:
 def test_partial_groups_wait_for_room_and_full_groups_never_wait() -> None:
     async def scenario() -> None:
         backend = GatedFakeBackend()
-        groups = CallGroups(backend.send, max_group_size=3, max_in_flight=4)
+        groups = CallGroups(backend.send, max_group_size=3, max_in_flight=4, max_pending=MANY)
         calls = [asyncio.create_task(groups.call(item)) for item in "abcde"]
         await settle()
         # One full group goes; the two left would pass the 4 requests out: they wait.
@@ -104,10 +123,32 @@ def test_partial_groups_wait_for_room_and_full_groups_never_wait() -> None:
     asyncio.run(scenario())
 
 
+def test_requests_wait_while_a_call_waits_for_rows_and_go_together_once_it_has_them() -> None:
+    async def scenario() -> None:
+        backend = GatedFakeBackend()
+        groups = CallGroups(backend.send, max_group_size=8, max_in_flight=32, max_pending=1)
+        first = asyncio.create_task(groups.call("a"))
+        await settle()
+        assert backend.groups == [["a"]] and groups.pending == 1
+        later = [asyncio.create_task(groups.call(item)) for item in "bcd"]
+        await settle()
+        assert backend.groups == [["a"]]  # the model has not taken "a" in yet
+        backend.admit("a")  # it has: the waiting ones go, together
+        await settle()
+        assert backend.groups == [["a"], ["b", "c", "d"]] and groups.pending == 1
+        backend.answer("b")  # a result before the group's admission counts as it
+        await settle()
+        assert groups.pending == 0
+        backend.answer("a", "c", "d")
+        assert await asyncio.gather(first, *later) == ["A", "B", "C", "D"]
+
+    asyncio.run(scenario())
+
+
 def test_an_item_error_reaches_only_its_caller_and_a_call_error_reaches_all() -> None:
     async def scenario() -> None:
         backend = GatedFakeBackend()
-        groups = CallGroups(backend.send, max_group_size=8, max_in_flight=8)
+        groups = CallGroups(backend.send, max_group_size=8, max_in_flight=8, max_pending=MANY)
         good, bad = (asyncio.create_task(groups.call(item)) for item in ("ok", "bad"))
         await settle()
         backend.answer("ok", "bad")
@@ -115,11 +156,15 @@ def test_an_item_error_reaches_only_its_caller_and_a_call_error_reaches_all() ->
         with pytest.raises(ValueError, match="bad"):
             await bad
 
-        async def broken(items: list[str]) -> AsyncIterator[tuple[int, str | Exception]]:
+        async def broken(
+            items: list[str],
+        ) -> AsyncIterator[tuple[int, str | Exception] | GroupAdmitted]:
             yield 0, "first"
             raise ConnectionError("replica gone")
 
-        failing: CallGroups[str, str] = CallGroups(broken, max_group_size=8, max_in_flight=8)
+        failing: CallGroups[str, str] = CallGroups(
+            broken, max_group_size=8, max_in_flight=8, max_pending=MANY
+        )
         results = await asyncio.gather(
             *(failing.call(item) for item in "xyz"), return_exceptions=True
         )
@@ -133,7 +178,7 @@ def test_an_item_error_reaches_only_its_caller_and_a_call_error_reaches_all() ->
 def test_callers_who_leave_are_dropped_and_a_call_nobody_awaits_is_cancelled() -> None:
     async def scenario() -> None:
         backend = GatedFakeBackend()
-        groups = CallGroups(backend.send, max_group_size=8, max_in_flight=1)
+        groups = CallGroups(backend.send, max_group_size=8, max_in_flight=1, max_pending=MANY)
         first = asyncio.create_task(groups.call("a"))
         await settle()
         waiting = [asyncio.create_task(groups.call(item)) for item in "bc"]

@@ -78,6 +78,10 @@ class RecordingSink:
         self.outcome: ModelResult | Exception | None = None
         self.done = threading.Event()
         self.cancelled = False
+        self.admitted = False
+
+    def admit(self) -> None:
+        self.admitted = True
 
     def put_text(self, delta: str) -> None:
         self.text += delta
@@ -110,6 +114,7 @@ def test_rows_are_bounded_admissions_capped_per_step_and_short_rows_end_first() 
     assert max(engine.rows_per_step) == 3
     assert RecordingSink.finished_order.index("2") < RecordingSink.finished_order.index("9")
     assert [s.text for s in sinks] == ["x" * 9, "xx", "x" * 9, "x", "x"]
+    assert all(s.admitted for s in sinks)
     assert not loop.busy and loop.free_rows == 3
 
 
@@ -129,6 +134,7 @@ def test_cancelled_requests_are_never_admitted_and_running_ones_leave() -> None:
     running.cancelled = True
     wait([last])
     assert running.outcome is None and waiting.outcome is None
+    assert running.admitted and not waiting.admitted
     assert ["1"] in engine.admitted and engine.admitted.count(["1"]) == 1
     assert engine.cancelled == [0]
 
@@ -164,3 +170,21 @@ def test_live_rows_move_within_the_engines_bound() -> None:
         loop.configure(max_rows=5, max_prefills_per_step=None)
     loop.configure(max_rows=2, max_prefills_per_step=None)
     assert loop.max_rows == 2 and loop.free_rows == 2
+
+
+def test_the_loop_outlives_a_step_that_fails_outside_the_engine() -> None:
+    class BrokenObserver:
+        def step_started(self) -> None:
+            pass
+
+        def step_finished(self, report: StepReport) -> None:
+            raise RuntimeError("metrics backend gone")
+
+    loop = DecodingLoop(
+        CountingFakeEngine(max_rows=2), post=lambda callback: callback(), observer=BrokenObserver()
+    )
+    first, second = submit(loop, "1", "3")
+    wait([first, second])  # each ended: answered, or failed with the step it was in
+    again = submit(loop, "1")
+    wait(again)
+    assert isinstance(again[0].outcome, ModelResult)
