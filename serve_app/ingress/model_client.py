@@ -102,9 +102,10 @@ class ModelClient:
 
     Concurrent requests share calls (``CallGroups``): one call per group of up to the model's
     ``max_batch_size``, each result streamed back as its row ends. A request goes at once
-    unless ``calls_per_replica`` calls per running model replica still wait for rows (then it
-    goes with the next group as soon as one is admitted), and the ingress keeps at most as
-    many requests out as the replicas have rows, plus ``calls_per_replica`` groups each.
+    unless ``calls_per_replica`` grouped calls per running model replica still wait for rows
+    (then it goes with the next group as soon as one is admitted), and the ingress keeps at
+    most as many requests out as the replicas have rows, plus ``calls_per_replica`` groups
+    each.
     """
 
     def __init__(self, handle: DeploymentHandle[Any], calls_per_replica: int) -> None:
@@ -142,8 +143,17 @@ class ModelClient:
         self, requests: list[ModelRequest]
     ) -> AsyncIterator[tuple[int, ModelResult | Exception] | GroupAdmitted]:
         """One call for ``requests``: ``GroupAdmitted`` once they have rows, then each result
-        as its row ends. If the replica dies mid-call, the requests it had not answered are
-        sent once more, elsewhere (generation is idempotent)."""
+        as its row ends. A lone request is a plain call, taken as admitted when sent (a
+        streamed call costs both ends more than a plain one). If the replica dies mid-call,
+        the requests it had not answered are sent once more, elsewhere (generation is
+        idempotent)."""
+        if len(requests) == 1:
+            yield GroupAdmitted()
+            result: ModelResult = await call_with_retry(
+                lambda: until_done(self._handle.generate.remote(requests[0]))
+            )
+            yield 0, result
+            return
         unanswered = list(range(len(requests)))
         for attempt in (1, 2):
             sent = list(unanswered)
