@@ -74,6 +74,7 @@ class Blip2Server:
 
     async def generate(self, request: ModelRequest) -> ModelResult:
         """Generate for one request in the decoding loop."""
+        self._group_sizes[1] += 1
         outcome: str | Outcome | None = None
         async for event in self._batcher.events(request):
             outcome = event
@@ -120,8 +121,8 @@ class Blip2Server:
         return dict(self._step_sizes)
 
     def group_size_counts(self) -> dict[int, int]:
-        """How many grouped calls of each size this replica has received (for tests and
-        diagnostics)."""
+        """How many calls this replica has received by the requests they carried: grouped
+        calls, and plain calls as groups of one (for tests and diagnostics)."""
         return dict(self._group_sizes)
 
     def engine_stats(self) -> tuple[str, EngineStats]:
