@@ -10,7 +10,7 @@ every tensor's shape a function of the row count and the widths only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +18,39 @@ import torch.nn.functional as F
 
 KeyValues = list[tuple[torch.Tensor, torch.Tensor]]
 """One ``(keys, values)`` pair per layer, each ``[rows, heads, length, dim]``."""
+
+
+@dataclass
+class EncoderRows:
+    """Flan-T5 rows' encoder side, right-padded to the longest source."""
+
+    states: torch.Tensor
+    """``[rows, source, hidden]``: the encoder's output."""
+    mask: torch.Tensor
+    """``[rows, source]``: 1 on the encoder output's real positions."""
+    cross_kv: KeyValues
+    """The cross-attention keys and values made from ``states``."""
+
+    def select(self, index: torch.Tensor) -> EncoderRows:
+        """The rows at ``index``, without the trailing positions none of them uses."""
+        mask = self.mask.index_select(0, index)
+        used = mask.any(dim=0).nonzero()
+        end = int(used[-1]) + 1 if used.numel() else 0
+        return EncoderRows(
+            self.states.index_select(0, index)[:, :end],
+            mask[:, :end],
+            _map_kv(self.cross_kv, lambda t: t.index_select(0, index)[:, :, :end]),
+        )
+
+    @staticmethod
+    def concatenate(parts: Sequence[EncoderRows]) -> EncoderRows:
+        """``parts``' rows, in order, padded on the right to the longest source."""
+        source = max(int(part.mask.shape[1]) for part in parts)
+        return EncoderRows(
+            torch.cat([_pad(part.states, source, dim=1) for part in parts]),
+            torch.cat([_pad(part.mask, source, dim=1) for part in parts]),
+            _cat_kv([part.cross_kv for part in parts], lambda t: _pad(t, source, dim=2)),
+        )
 
 
 @dataclass
@@ -29,17 +62,8 @@ class LanguageRows:
     """``[rows, width]``: 1 where a row has a real position (left padding is 0)."""
     positions: torch.Tensor
     """``[rows]``: the position id of each row's next token (its real tokens so far)."""
-    encoder_states: torch.Tensor | None = None
-    """Flan-T5: ``[rows, source, hidden]``, the encoder's output, right-padded."""
-    encoder_mask: torch.Tensor | None = None
-    """Flan-T5: ``[rows, source]``, 1 on the encoder output's real positions."""
-    cross_kv: KeyValues | None = None
-    """Flan-T5: the cross-attention keys and values, right-padded like the encoder output."""
-
-    @property
-    def size(self) -> int:
-        """How many rows."""
-        return int(self.mask.shape[0])
+    encoder: EncoderRows | None = None
+    """Flan-T5: the rows' encoder side."""
 
     @property
     def width(self) -> int:
@@ -52,25 +76,12 @@ class LanguageRows:
         mask = self.mask.index_select(0, index)
         used = mask.any(dim=0).nonzero()
         start = int(used[0]) if used.numel() else mask.shape[1]
-        rows = LanguageRows(
-            self_kv=[
-                (k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
-                for k, v in self.self_kv
-            ],
-            mask=mask[:, start:],
-            positions=self.positions.index_select(0, index),
+        return LanguageRows(
+            _map_kv(self.self_kv, lambda t: t.index_select(0, index)[:, :, start:]),
+            mask[:, start:],
+            self.positions.index_select(0, index),
+            None if self.encoder is None else self.encoder.select(index),
         )
-        if self.encoder_states is not None and self.encoder_mask is not None:
-            encoder_mask = self.encoder_mask.index_select(0, index)
-            used = encoder_mask.any(dim=0).nonzero()
-            end = int(used[-1]) + 1 if used.numel() else 0
-            rows.encoder_states = self.encoder_states.index_select(0, index)[:, :end]
-            rows.encoder_mask = encoder_mask[:, :end]
-            rows.cross_kv = [
-                (k.index_select(0, index)[:, :, :end], v.index_select(0, index)[:, :, :end])
-                for k, v in self.cross_kv or []
-            ]
-        return rows
 
     @staticmethod
     def concatenate(parts: Sequence[LanguageRows]) -> LanguageRows:
@@ -79,67 +90,36 @@ class LanguageRows:
         if len(parts) == 1:
             return parts[0]
         width = max(part.width for part in parts)
-        rows = LanguageRows(
-            self_kv=[
-                (
-                    torch.cat([_pad_left(part.self_kv[layer][0], width) for part in parts]),
-                    torch.cat([_pad_left(part.self_kv[layer][1], width) for part in parts]),
-                )
-                for layer in range(len(parts[0].self_kv))
-            ],
-            mask=torch.cat([F.pad(part.mask, (width - part.width, 0)) for part in parts]),
-            positions=torch.cat([part.positions for part in parts]),
+        encoders = [part.encoder for part in parts if part.encoder is not None]
+        return LanguageRows(
+            _cat_kv([part.self_kv for part in parts], lambda t: _pad(t, width, dim=2, left=True)),
+            torch.cat([_pad(part.mask, width, dim=1, left=True) for part in parts]),
+            torch.cat([part.positions for part in parts]),
+            EncoderRows.concatenate(encoders) if encoders else None,
         )
-        if parts[0].encoder_states is not None:
-            source = max(_source_length(part) for part in parts)
-            rows.encoder_states = torch.cat(
-                [_pad_right(_encoder_states(part), source, dim=1) for part in parts]
-            )
-            rows.encoder_mask = torch.cat(
-                [F.pad(_encoder_mask(part), (0, source - _source_length(part))) for part in parts]
-            )
-            rows.cross_kv = [
-                (
-                    torch.cat([_pad_right(_cross(part)[layer][0], source) for part in parts]),
-                    torch.cat([_pad_right(_cross(part)[layer][1], source) for part in parts]),
-                )
-                for layer in range(len(_cross(parts[0])))
-            ]
-        return rows
 
 
-def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    """``[rows, heads, length, dim]`` padded with zeros on the left of ``length``."""
-    missing = width - tensor.shape[2]
-    return F.pad(tensor, (0, 0, missing, 0)) if missing else tensor
+def _map_kv(kv: KeyValues, change: Callable[[torch.Tensor], torch.Tensor]) -> KeyValues:
+    """``change`` applied to every layer's keys and values."""
+    return [(change(keys), change(values)) for keys, values in kv]
 
 
-def _pad_right(tensor: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:
-    """``tensor`` padded with zeros after its end along ``dim`` (of 3 or 4 dimensions)."""
+def _cat_kv(parts: Sequence[KeyValues], pad: Callable[[torch.Tensor], torch.Tensor]) -> KeyValues:
+    """Each layer's keys and values of ``parts``, padded with ``pad``, joined along the rows."""
+    return [
+        (
+            torch.cat([pad(part[layer][0]) for part in parts]),
+            torch.cat([pad(part[layer][1]) for part in parts]),
+        )
+        for layer in range(len(parts[0]))
+    ]
+
+
+def _pad(tensor: torch.Tensor, length: int, dim: int, left: bool = False) -> torch.Tensor:
+    """``tensor`` padded with zeros along ``dim`` to ``length``, after its end or (``left``)
+    before its start."""
     missing = length - tensor.shape[dim]
     if not missing:
         return tensor
-    trailing = tensor.dim() - dim - 1
-    return F.pad(tensor, (0, 0) * trailing + (0, missing))
-
-
-def _source_length(rows: LanguageRows) -> int:
-    return int(_encoder_mask(rows).shape[1])
-
-
-def _encoder_states(rows: LanguageRows) -> torch.Tensor:
-    if rows.encoder_states is None:
-        raise ValueError("rows of an encoder-decoder model carry their encoder output")
-    return rows.encoder_states
-
-
-def _encoder_mask(rows: LanguageRows) -> torch.Tensor:
-    if rows.encoder_mask is None:
-        raise ValueError("rows of an encoder-decoder model carry their encoder mask")
-    return rows.encoder_mask
-
-
-def _cross(rows: LanguageRows) -> KeyValues:
-    if rows.cross_kv is None:
-        raise ValueError("rows of an encoder-decoder model carry their cross-attention cache")
-    return rows.cross_kv
+    sides = (missing, 0) if left else (0, missing)
+    return F.pad(tensor, (0, 0) * (tensor.dim() - dim - 1) + sides)

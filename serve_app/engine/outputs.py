@@ -60,29 +60,29 @@ class RowOutputs:
         self._eos_id = eos_id
 
     def after_token(self, row: Row) -> RowUpdate:
-        """The update for ``row``, whose newest token was just added."""
+        """The update for ``row``, whose newest token was just added.
+
+        Only a row that streams or stops on a string has its text rendered at every token;
+        any row's text is rendered once when it ends.
+        """
         params = row.settings.params
-        stop_hit = False
-        text = ""
-        watched = row.prepared.stream or bool(params.stop)
-        if watched:
-            text, stop_hit = self._render(row)
+        rendered = self._render(row) if row.prepared.stream or params.stop else None
         ended = (
-            stop_hit
+            (rendered is not None and rendered[1])
             or row.generated[-1] == self._eos_id
             or len(row.generated) >= row.max_new_tokens
         )
         if ended:
-            result = self.result(row)
+            result = self._result(row, rendered or self._render(row))
             return RowUpdate(self._delta(row, result.text), result)
-        if row.prepared.stream:
-            return RowUpdate(self._delta(row, settled_prefix(text, params.stop)))
+        if rendered is not None and row.prepared.stream:
+            return RowUpdate(self._delta(row, settled_prefix(rendered[0], params.stop)))
         return RowUpdate()
 
-    def result(self, row: Row) -> ModelResult:
-        """The row's result from its tokens so far."""
+    def _result(self, row: Row, rendered: tuple[str, bool]) -> ModelResult:
+        """The row's result from its tokens and their ``rendered`` text and stop-string hit."""
+        text, stop_hit = rendered
         tokens = self._text.content_tokens(row.generated)
-        text, stop_hit = self._render(row)
         ended = stop_hit or self._eos_id in row.generated
         return ModelResult(
             text=text,

@@ -15,7 +15,7 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from serve_app.engine.language_rows import KeyValues, LanguageRows
+from serve_app.engine.language_rows import EncoderRows, KeyValues, LanguageRows
 from serve_app.model.types import Family
 
 
@@ -103,13 +103,12 @@ class Blip2Runner:
             logits_to_keep=1,
         )
         decoder_mask = torch.ones_like(decoder_ids)
+        encoder = EncoderRows(encoder_states, mask, _key_values(output.cache.cross_attention_cache))
         rows = LanguageRows(
             _key_values(output.cache.self_attention_cache),
             decoder_mask,
             decoder_mask.sum(dim=1),
-            encoder_states=encoder_states,
-            encoder_mask=mask,
-            cross_kv=_key_values(output.cache.cross_attention_cache),
+            encoder,
         )
         return output.logits[:, -1, :], rows
 
@@ -128,22 +127,20 @@ class Blip2Runner:
             )
             state = LanguageRows(_key_values(output.cache), mask, rows.positions + 1)
             return output.logits[:, -1, :], state
-        cache = EncoderDecoderCache(DynamicCache(rows.self_kv), DynamicCache(rows.cross_kv))
+        encoder = rows.encoder
+        if encoder is None:
+            raise ValueError("rows of an encoder-decoder model carry their encoder side")
+        cache = EncoderDecoderCache(DynamicCache(rows.self_kv), DynamicCache(encoder.cross_kv))
         output = self._lm(
-            encoder_outputs=BaseModelOutput(last_hidden_state=rows.encoder_states),
-            attention_mask=rows.encoder_mask,
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoder.states),
+            attention_mask=encoder.mask,
             decoder_input_ids=tokens,
             decoder_attention_mask=mask,
             cache=cache,
             use_cache=True,
         )
         state = LanguageRows(
-            _key_values(output.cache.self_attention_cache),
-            mask,
-            rows.positions + 1,
-            encoder_states=rows.encoder_states,
-            encoder_mask=rows.encoder_mask,
-            cross_kv=rows.cross_kv,
+            _key_values(output.cache.self_attention_cache), mask, rows.positions + 1, encoder
         )
         return output.logits[:, -1, :], state
 
